@@ -1,0 +1,38 @@
+# pref-lab: every target sets itself up. Only Python 3.10+ (with venv) is needed on the machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Tests and notebooks never touch the network: all models and data ship in data/.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup course test lab assets lint clean
+
+setup: $(STAMP)  ## create .venv and install pinned requirements + pref_lab (no-op when up to date)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+	@echo "setup done: $(VENV) is ready"
+
+course: setup  ## execute every notebook in order into build/ (.ipynb + .html), printing run times
+	$(OFFLINE) $(BIN)/python scripts/run_course.py
+
+test: setup  ## unit tests + every notebook under nbval, offline
+	$(OFFLINE) $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+lab: setup  ## open JupyterLab on the notebooks
+	$(OFFLINE) $(BIN)/jupyter lab notebooks/
+
+assets: setup  ## rebuild every shipped asset under data/ (about 30 min on 2 CPU cores)
+	$(BIN)/python -m pref_lab.assets
+
+lint: setup
+	$(BIN)/ruff check pref_lab tests scripts
+
+clean:
+	rm -rf build $(VENV)

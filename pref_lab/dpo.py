@@ -1,0 +1,362 @@
+"""Direct Preference Optimization (Rafailov et al., 2023, arXiv:2305.18290).
+
+The DPO loss for a prompt x with a preferred completion y_w and a dispreferred y_l is
+
+    L_DPO = -log sigma( beta * [ (log pi(y_w|x) - log pi(y_l|x)) - (log pi_ref(y_w|x) - log pi_ref(y_l|x)) ] )
+
+and the implicit reward it trains is r_hat(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)).
+
+Same numbers as TRL 1.16's ``DPOTrainer`` (``loss_type="sigmoid"``): loss, gradients and every
+``rewards/*``, ``logps/*`` metric agree to 1e-5 on the same batch (``tests/test_dpo.py``). Conventions:
+
+- Batch layout: both do [chosen rows..., rejected rows...], right padding, one forward per model.
+- EOS: TRL appends the EOS *text* to ``chosen``/``rejected``; we append the EOS id. Same tokens.
+- Tokenization: TRL tokenizes ``prompt + completion`` as one string and splits where it diverges from
+  the tokenized prompt; we tokenize them separately. Identical when the prompt ends on a special token
+  (our chat prompts end on ``<|assistant|>``); if a prompt ends mid-text, BPE may merge across the
+  boundary and the two can differ.
+- Length: TRL truncates rows longer than ``max_length`` (default 1024, keeping the start); we raise
+  ``ValueError`` naming the row (nothing is cut silently).
+- Dropout: off in the policy, as TRL's default ``disable_dropout=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from .config import get_device, seed_everything
+from .logprobs import sequence_logprobs, tokenize_completions
+
+
+def dpo_loss(
+    pi_logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    yw_ids: torch.Tensor,
+    yl_ids: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DPO loss exactly as in the paper's seed code (Rafailov et al., 2023, Appendix B).
+
+    Note on names: we keep the lecture's parameter names, but ``pi_logits`` and ``ref_logits``
+    are NOT logits: they are per-sequence log-probs log pi(y|x) and log pi_ref(y|x) of shape (B,)
+    (the seed calls them ``pi_logps``/``ref_logps``; see :func:`pref_lab.logprobs.sequence_logprobs`).
+
+    Args:
+        pi_logits: (B,) policy log-probs of every completion in the batch.
+        ref_logits: (B,) reference-model log-probs of the same completions.
+        yw_ids: (P,) LongTensor, row index of the preferred completion of pair i.
+        yl_ids: (P,) LongTensor, row index of the dispreferred completion of pair i.
+        beta: strength of the KL penalty (the temperature of the implicit reward).
+
+    Returns:
+        losses: (P,) per-pair loss -log sigma(beta * h), with
+            h = (log pi(y_w) - log pi(y_l)) - (log pi_ref(y_w) - log pi_ref(y_l)).
+            Train on ``losses.mean()``.
+        rewards: (B,) implicit rewards beta * (log pi - log pi_ref), detached (for logging only).
+
+    For students: ``F.logsigmoid(beta * (pi_logratios - ref_logratios))`` is the per-pair
+    Bradley-Terry *log-likelihood* that y_w beats y_l under the implicit reward; the loss is its
+    negative, averaged over pairs (maximum likelihood on the preference labels).
+    """
+    pi_yw_logps, pi_yl_logps = pi_logits[yw_ids], pi_logits[yl_ids]
+    ref_yw_logps, ref_yl_logps = ref_logits[yw_ids], ref_logits[yl_ids]
+
+    pi_logratios = pi_yw_logps - pi_yl_logps
+    ref_logratios = ref_yw_logps - ref_yl_logps
+
+    losses = -F.logsigmoid(beta * (pi_logratios - ref_logratios))
+    rewards = beta * (pi_logits - ref_logits).detach()
+    return losses, rewards
+
+
+# ----------------------------------------------------------------------------- batches
+def build_preference_batch(
+    tokenizer,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    max_length: int = 128,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Put P preference pairs into ONE batch of 2P rows: chosen completions first, then rejected.
+
+    One batch means one forward pass per model for both sides of every pair (TRL's layout too).
+    Returns ``(batch, yw_ids, yl_ids)``: ``batch`` has ``input_ids``, ``attention_mask`` and
+    ``completion_mask`` of shape (2P, T) from :func:`pref_lab.logprobs.tokenize_completions`
+    (EOS appended to each completion); ``yw_ids = [0..P-1]`` and ``yl_ids = [P..2P-1]`` (LongTensors)
+    are the rows of each pair's chosen and rejected completion, ready for :func:`dpo_loss`.
+    Raises ``ValueError`` naming the row if the lists differ in length or chosen == rejected.
+    """
+    if not len(prompts) == len(chosen) == len(rejected):
+        raise ValueError(f"{len(prompts)} prompts, {len(chosen)} chosen, {len(rejected)} rejected: must be equal")
+    if len(prompts) == 0:
+        raise ValueError("no preference pairs")
+    for i, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+        if c.strip() == r.strip():
+            raise ValueError(f"row {i}: chosen == rejected ({c[:60]!r}); a preference pair must differ")
+    n_pairs = len(prompts)
+    batch = tokenize_completions(tokenizer, list(prompts) * 2, list(chosen) + list(rejected), max_length=max_length)
+    yw_ids = torch.arange(n_pairs)
+    yl_ids = torch.arange(n_pairs, 2 * n_pairs)
+    return batch, yw_ids, yl_ids
+
+
+def dpo_metrics(
+    losses: torch.Tensor,
+    rewards: torch.Tensor,
+    pi_logps: torch.Tensor,
+    yw_ids: torch.Tensor,
+    yl_ids: torch.Tensor,
+) -> dict[str, float]:
+    """TRL's DPO metrics, each a mean over the P pairs.
+
+    ``rewards`` (B,) are the implicit rewards from :func:`dpo_loss`, ``pi_logps`` (B,) the policy's
+    sequence log-probs. ``rewards/accuracies`` counts a pair as correct only if the chosen reward is
+    strictly greater (a tie is wrong, as in TRL).
+    """
+    chosen_rewards, rejected_rewards = rewards[yw_ids].float(), rewards[yl_ids].float()
+    return {
+        "loss": losses.detach().float().mean().item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "logps/chosen": pi_logps[yw_ids].detach().float().mean().item(),
+        "logps/rejected": pi_logps[yl_ids].detach().float().mean().item(),
+    }
+
+
+def _columns(dataset) -> tuple[list[str], list[str], list[str]]:
+    """``prompt``/``chosen``/``rejected`` columns of a ``datasets.Dataset`` or a list of dicts."""
+    if len(dataset) == 0:
+        raise ValueError("the preference dataset is empty")
+    if isinstance(dataset, Dataset):
+        missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
+        if missing:
+            raise ValueError(f"preference dataset lacks column(s) {sorted(missing)}")
+        return list(dataset["prompt"]), list(dataset["chosen"]), list(dataset["rejected"])
+    for i, row in enumerate(dataset):
+        missing = {"prompt", "chosen", "rejected"} - set(row)
+        if missing:
+            raise ValueError(f"row {i}: missing column(s) {sorted(missing)}")
+    return [r["prompt"] for r in dataset], [r["chosen"] for r in dataset], [r["rejected"] for r in dataset]
+
+
+# ----------------------------------------------------------------------------- reference log-probs
+@torch.no_grad()
+def precompute_reference_logps(
+    reference,
+    tokenizer,
+    dataset,
+    batch_size: int = 32,
+    max_length: int = 128,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi_ref(chosen|x) and log pi_ref(rejected|x) for every pair: two tensors of shape (N,).
+
+    The reference never changes, so its log-probs can be computed once before training (TRL's
+    ``precompute_ref_log_probs=True``); each training step then needs one forward pass, not two.
+    """
+    device = get_device(device)
+    reference.to(device).eval()
+    prompts, chosen, rejected = _columns(dataset)
+    ref_chosen, ref_rejected = [], []
+    for start in range(0, len(prompts), batch_size):
+        sl = slice(start, start + batch_size)
+        batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts[sl], chosen[sl], rejected[sl], max_length)
+        ref_logps = sequence_logprobs(reference, **{k: v.to(device) for k, v in batch.items()}).cpu()
+        ref_chosen.append(ref_logps[yw_ids])
+        ref_rejected.append(ref_logps[yl_ids])
+    return torch.cat(ref_chosen), torch.cat(ref_rejected)
+
+
+# ----------------------------------------------------------------------------- training
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0 (TRL's ``disable_dropout=True``, its DPO default).
+
+    With dropout on, log pi(y|x) is a noisy estimate and the log-ratio against the (dropout-free)
+    reference is biased: at step 0 the rewards would not be 0 and the loss not log 2.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _pair_batches(n_pairs: int, batch_size: int, generator: torch.Generator):
+    """Endless index batches: a fresh random order each epoch; an incomplete last batch is dropped
+    (a dataset smaller than ``batch_size`` gives one batch of all its pairs)."""
+    last_start = max(n_pairs - batch_size, 0)
+    while True:
+        order = torch.randperm(n_pairs, generator=generator)
+        for start in range(0, last_start + 1, batch_size):
+            yield order[start:start + batch_size]
+
+
+def _dpo_step_quantities(policy, reference, tokenizer, prompts, chosen, rejected, beta, device,
+                         ref_chosen=None, ref_rejected=None, max_length=128):
+    """Forward both models on one batch of pairs; returns (losses, rewards, pi_logps, yw_ids, yl_ids)."""
+    batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts, chosen, rejected, max_length)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    yw_ids, yl_ids = yw_ids.to(device), yl_ids.to(device)
+    pi_logps = sequence_logprobs(policy, **batch)
+    if ref_chosen is not None:
+        ref_logps = torch.cat([ref_chosen, ref_rejected]).to(device)  # rows are [chosen..., rejected...]
+    else:
+        with torch.no_grad():
+            ref_logps = sequence_logprobs(reference, **batch)
+    losses, rewards = dpo_loss(pi_logps, ref_logps, yw_ids, yl_ids, beta)
+    return losses, rewards, pi_logps, yw_ids, yl_ids
+
+
+@torch.no_grad()
+def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size: int = 64,
+                 device: str | torch.device | None = None, max_length: int = 128) -> dict[str, float]:
+    """DPO metrics on a whole dataset (means over all its pairs), policy in eval mode."""
+    device = get_device(device)
+    was_training = policy.training
+    policy.eval()
+    prompts, chosen, rejected = _columns(dataset)
+    totals: dict[str, float] = {}
+    for start in range(0, len(prompts), batch_size):
+        sl = slice(start, start + batch_size)
+        quantities = _dpo_step_quantities(policy, reference, tokenizer, prompts[sl], chosen[sl], rejected[sl],
+                                          beta, device, max_length=max_length)
+        n = len(prompts[sl])
+        for key, value in dpo_metrics(*quantities).items():
+            totals[key] = totals.get(key, 0.0) + value * n  # weight by batch size: a mean over all pairs
+    policy.train(was_training)
+    return {key: value / len(prompts) for key, value in totals.items()}
+
+
+def train_dpo(
+    policy,
+    reference,
+    tokenizer,
+    dataset,
+    beta: float,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str | torch.device | None = None,
+    eval_dataset=None,
+    eval_every: int = 50,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    precompute_ref_logps: bool = False,
+    max_grad_norm: float = 1.0,
+    max_length: int = 128,
+) -> list[dict]:
+    """Train ``policy`` with the DPO loss against a frozen ``reference``; returns the history.
+
+    A plain loop: each step samples ``batch_size`` pairs (a new random order every epoch), runs the
+    policy (with grad) and the reference (eval mode, no grad) on one 2P-row batch, and takes an AdamW
+    step on ``dpo_loss(...)[0].mean()`` with gradient clipping at ``max_grad_norm`` (TRL's default 1.0).
+    Dropout is switched off in the policy, as TRL does by default (see :func:`disable_dropout`).
+
+    ``dataset``: a ``datasets.Dataset`` or a list of dicts with text columns ``prompt`` (already
+    chat-formatted), ``chosen`` and ``rejected`` (plain completions; EOS is appended).
+    ``precompute_ref_logps=True`` computes log pi_ref for the whole dataset once, before training.
+
+    History: one dict per step, ``{"step", "loss", "rewards/chosen", "rewards/rejected",
+    "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"}`` (batch means); when
+    ``eval_dataset`` is given, step 0, every ``eval_every`` steps and the last step also carry the
+    same metrics on it with an ``eval_`` prefix (TRL's naming). ``callback(record)`` is called after each
+    step. A non-finite loss raises ``RuntimeError`` naming the step.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if policy is reference:
+        raise ValueError("policy and reference are the same object: pass a copy, e.g. copy.deepcopy(reference)")
+    generator = seed_everything(seed)
+    device = get_device(device)
+    prompts, chosen, rejected = _columns(dataset)
+    policy.to(device)
+    reference.to(device).eval()  # frozen: eval mode, used only under torch.no_grad(), not given to the optimizer
+    disable_dropout(policy)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the policy has no parameter with requires_grad=True")
+
+    ref_chosen = ref_rejected = None
+    if precompute_ref_logps:
+        ref_chosen, ref_rejected = precompute_reference_logps(reference, tokenizer, dataset, batch_size,
+                                                              max_length, device)
+
+    optimizer = torch.optim.AdamW(trainable, lr=lr)
+    batches = _pair_batches(len(prompts), batch_size, generator)
+    history: list[dict] = []
+    bar = tqdm(range(1, steps + 1), desc="DPO", disable=not progress)
+    eval_metrics = {}
+    if eval_dataset is not None:
+        eval_metrics = evaluate_dpo(policy, reference, tokenizer, eval_dataset, beta, device=device,
+                                    max_length=max_length)
+        history.append({"step": 0, **{f"eval_{k}": v for k, v in eval_metrics.items()}})
+    for step in bar:
+        policy.train()
+        idx = next(batches).tolist()
+        losses, rewards, pi_logps, yw_ids, yl_ids = _dpo_step_quantities(
+            policy, reference, tokenizer,
+            [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx], beta, device,
+            ref_chosen=None if ref_chosen is None else ref_chosen[idx],
+            ref_rejected=None if ref_rejected is None else ref_rejected[idx],
+            max_length=max_length,
+        )
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"DPO step {step}: loss is {loss.item()} (try a smaller lr or beta)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+
+        record = {"step": step, **dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids)}
+        if eval_dataset is not None and (step % eval_every == 0 or step == steps):
+            eval_metrics = evaluate_dpo(policy, reference, tokenizer, eval_dataset, beta, device=device,
+                                        max_length=max_length)
+            record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['rewards/margins']:.3f}")
+        if callback is not None:
+            callback(record)
+    policy.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- implicit reward
+@torch.no_grad()
+def implicit_rewards(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    beta: float,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    max_length: int = 128,
+) -> torch.Tensor:
+    """DPO's implicit reward r_hat(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) per row: shape (N,).
+
+    Completions are texts (EOS appended). Up to a prompt-only term beta*log Z(x), this is the reward
+    the DPO policy is optimal for, so it ranks completions of the same prompt like a reward model.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    device = get_device(device)
+    policy.to(device).eval()
+    reference.to(device).eval()
+    rewards = []
+    for start in range(0, len(prompts), batch_size):
+        sl = slice(start, start + batch_size)
+        batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        rewards.append(beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
+    return torch.cat(rewards)

@@ -1,0 +1,104 @@
+"""Sequence log-probabilities: the one convention SFT, reward models, PPO, DPO and evaluation share.
+
+For a prompt x and a completion y = (y_1, ..., y_n) whose last token is EOS,
+
+    log pi(y | x) = sum_{t=1..n} log pi(y_t | x, y_<t)
+
+Prompt tokens and padding are masked out; EOS is counted (ending is part of the answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+
+def tokenize_completions(
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Sequence[str],
+    completions: Sequence[str | torch.Tensor],
+    max_length: int = 128,
+    padding_side: str = "right",
+    add_eos: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Tokenize (prompt, completion) pairs into one padded batch.
+
+    ``completions`` are texts (EOS appended when ``add_eos``) or 1-D tensors of token ids used
+    as they are (e.g. sampled ids that already end with EOS, or were cut at the length limit).
+
+    Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each of shape (B, T):
+    ``completion_mask[i, t] = 1`` where token t of row i belongs to the completion.
+    Raises ``ValueError`` naming the row if a completion is empty or the pair is longer than
+    ``max_length`` tokens (the models' context), rather than silently truncating it.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    rows = []
+    for i, (p_ids, completion) in enumerate(zip(prompt_ids, completions)):
+        if isinstance(completion, torch.Tensor):
+            c_ids = completion.tolist()
+        else:
+            c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            if add_eos:
+                c_ids = c_ids + [tokenizer.eos_token_id]
+        if len(c_ids) == 0:
+            raise ValueError(f"row {i}: empty completion for prompt {prompts[i][:60]!r}")
+        if len(p_ids) + len(c_ids) > max_length:
+            raise ValueError(f"row {i}: prompt + completion is {len(p_ids) + len(c_ids)} tokens > max_length={max_length}")
+        rows.append((p_ids, c_ids))
+    width = max(len(p) + len(c) for p, c in rows)
+    batch = {k: torch.zeros(len(rows), width, dtype=torch.long) for k in ("input_ids", "attention_mask", "completion_mask")}
+    batch["input_ids"].fill_(tokenizer.pad_token_id)
+    for i, (p_ids, c_ids) in enumerate(rows):
+        n = len(p_ids) + len(c_ids)
+        start = 0 if padding_side == "right" else width - n
+        batch["input_ids"][i, start:start + n] = torch.tensor(p_ids + c_ids)
+        batch["attention_mask"][i, start:start + n] = 1
+        batch["completion_mask"][i, start + len(p_ids):start + n] = 1
+    return batch
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row sees the same positions
+    as a right-padded one (GPT-2 has learned absolute position embeddings)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(x_t | x_<t) for t = 1..T-1.
+
+    logits: (B, T, V) from the model on ``input_ids`` (B, T). Returns (B, T-1): entry t-1 is the
+    log-prob of token t. Uses log_softmax + gather (never softmax then log: that underflows).
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def forward_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` and return per-token log-probs (B, T-1) (see :func:`token_logprobs`)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask)).logits
+    return token_logprobs(logits, input_ids)
+
+
+def sequence_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    average: bool = False,
+) -> torch.Tensor:
+    """log pi(y|x) per row: shape (B,). Sum over completion tokens (EOS included); prompt and
+    padding masked. ``average=True`` divides by the number of completion tokens (length-normalised,
+    as SimPO and "avg" reference-free scoring use)."""
+    per_token = forward_token_logprobs(model, input_ids, attention_mask)
+    mask = completion_mask[:, 1:].to(per_token.dtype)  # token t is predicted at position t-1
+    total = (per_token * mask).sum(-1)
+    if average:
+        return total / mask.sum(-1).clamp(min=1)
+    return total

@@ -1,0 +1,122 @@
+"""A zoo of preference losses, each a few lines on per-pair (or per-example) quantities.
+
+Notation, per pair i (all tensors of shape (P,)):
+
+    chosen_logratios   = log pi(y_w|x) - log pi_ref(y_w|x)      (TRL's name; beta times it is r_hat_w)
+    rejected_logratios = log pi(y_l|x) - log pi_ref(y_l|x)
+    h = chosen_logratios - rejected_logratios                     (the DPO "logits")
+
+Every function returns the per-pair (or per-example) loss; train on its ``.mean()``.
+Conventions follow TRL 1.16 (``trl/trainer/dpo_trainer.py`` ``DPOTrainer._compute_loss``,
+``trl/experimental/cpo/cpo_trainer.py``, ``trl/experimental/orpo/orpo_trainer.py``,
+``trl/trainer/kto_trainer.py``); where we differ, the docstring says so.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _margin(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> torch.Tensor:
+    if chosen_logratios.shape != rejected_logratios.shape:
+        raise ValueError(f"chosen {tuple(chosen_logratios.shape)} and rejected {tuple(rejected_logratios.shape)} "
+                         "must have the same shape (one entry per pair)")
+    return chosen_logratios - rejected_logratios
+
+
+def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO: -log sigma(beta * h).  Rafailov et al. 2023, arXiv:2305.18290 (TRL ``loss_type="sigmoid"``)."""
+    return -F.logsigmoid(beta * _margin(chosen_logratios, rejected_logratios))
+
+
+def cdpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
+              label_smoothing: float) -> torch.Tensor:
+    """Conservative DPO: -(1-eps) log sigma(beta h) - eps log sigma(-beta h).
+
+    Mitchell 2023, "A note on DPO with noisy preferences & relationship to IPO": assume each label is
+    flipped with probability eps (``label_smoothing``); the loss is DPO against soft targets (1-eps, eps),
+    so it no longer pushes h to infinity: its minimum is at beta*h = log((1-eps)/eps).
+    eps = 0 is DPO. TRL 1.16 writes this expression in its ``aot`` branch and in CPO's ``sigmoid``; its
+    ``robust`` loss (Chowdhury et al. 2024) is the *unbiased* variant, ((1-eps)(-log s(bh)) + eps log s(-bh))/(1-2eps).
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    h = _margin(chosen_logratios, rejected_logratios)
+    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+
+
+def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
+             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """IPO: (h - 1/(2 beta))^2.  Azar et al. 2023, arXiv:2310.12036, Eq. 17 (beta is their tau).
+
+    A squared loss regresses h onto the finite target 1/(2 beta) instead of pushing it to infinity,
+    so IPO does not overfit deterministic preferences. Pass ``chosen_lengths``/``rejected_lengths``
+    (completion token counts, (P,)) to use per-token *average* log-ratios, as TRL 1.16 does
+    (``loss_type="ipo"``: it divides each side's log-ratio by its completion length before the difference).
+    """
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
+    if chosen_lengths is not None:
+        chosen_logratios = chosen_logratios / chosen_lengths.clamp(min=1)
+        rejected_logratios = rejected_logratios / rejected_lengths.clamp(min=1)
+    return (_margin(chosen_logratios, rejected_logratios) - 1 / (2 * beta)) ** 2
+
+
+def hinge_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
+    """Hinge (SLiC): max(0, 1 - beta * h).  Zhao et al. 2023, arXiv:2305.10425 (TRL ``loss_type="hinge"``).
+
+    Zero loss, hence zero gradient, once the margin beta*h exceeds 1: confident pairs stop training.
+    """
+    return torch.relu(1 - beta * _margin(chosen_logratios, rejected_logratios))
+
+
+def simpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float,
+               gamma: float) -> torch.Tensor:
+    """SimPO: -log sigma(beta * (avg log pi(y_w) - avg log pi(y_l)) - gamma).
+
+    Meng et al. 2024, arXiv:2405.14734, Eq. 6. Reference-free: the implicit reward is the policy's
+    *length-normalised* log-prob beta/|y| log pi(y|x) (pass ``sequence_logprobs(..., average=True)``),
+    so a long answer is not penalised for having more tokens, and gamma > 0 demands a target margin.
+    TRL 1.16 (``trl/experimental/cpo``, ``loss_type="simpo"``) writes it as beta * (diff - gamma/beta): the same.
+    """
+    return -F.logsigmoid(beta * _margin(chosen_avg_logps, rejected_avg_logps) - gamma)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable near both 0 and -inf (Maechler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def orpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, lam: float) -> torch.Tensor:
+    """ORPO: -avg log pi(y_w|x) + lam * (-log sigma(log odds(y_w) - log odds(y_l))).
+
+    Hong et al. 2024, arXiv:2403.07691, Eqs. 4-7: odds(y) = p/(1-p) with p = exp(avg log pi(y|x))
+    (length-normalised), so log odds = a - log(1 - exp(a)). Reference-free, and SFT in one loss:
+    the first term is the NLL of the chosen answer. TRL 1.16 (``trl/experimental/orpo``, where lam is
+    ``beta``) computes the same odds-ratio term, but its NLL is a token mean over all chosen tokens in the
+    batch, whereas ours is per pair (each pair weighs the same); equal when completions have equal length.
+    """
+    if (chosen_avg_logps > 0).any() or (rejected_avg_logps > 0).any():
+        raise ValueError("average log-probs must be <= 0")
+    log_odds = _margin(chosen_avg_logps, rejected_avg_logps) - (
+        _log1mexp(chosen_avg_logps) - _log1mexp(rejected_avg_logps))
+    return -chosen_avg_logps - lam * F.logsigmoid(log_odds)
+
+
+def kto_loss(logratios: torch.Tensor, desirable: torch.Tensor, beta: float, z_ref: torch.Tensor | float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO: lam_D (1 - sigma(beta (r - z_ref))) for desirable y, lam_U (1 - sigma(beta (z_ref - r))) for undesirable.
+
+    Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 7. Unpaired: each example is one completion with a
+    thumbs-up/down label, ``logratios`` (N,) = log pi(y|x) - log pi_ref(y|x) and ``desirable`` (N,) bool.
+    The reference point z_ref estimates KL(pi || pi_ref); TRL 1.16 (``trl/trainer/kto_trainer.py``) estimates
+    it from mismatched (x, y') pairs in the batch, detaches it and clamps it at 0. We take it as given:
+    pass a detached scalar or tensor.
+    """
+    if logratios.shape != desirable.shape:
+        raise ValueError(f"logratios {tuple(logratios.shape)} and desirable {tuple(desirable.shape)} differ in shape")
+    desirable = desirable.bool()
+    gain = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z_ref)))
+    loss_aversion = undesirable_weight * (1 - torch.sigmoid(beta * (z_ref - logratios)))
+    return torch.where(desirable, gain, loss_aversion)

@@ -1,0 +1,181 @@
+"""The world's tokenizer and tiny GPT-2 models: build, save, load (safetensors), sample.
+
+Chat format (one user turn, one assistant turn)::
+
+    <|user|>Write a review of About A Boy.<|assistant|>A charming comedy.<|endoftext|>
+
+``<|endoftext|>`` is EOS (a response is finished when the model emits it), ``<|pad|>`` pads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
+
+from .config import data_path, get_device
+
+EOS, PAD, USER, ASSISTANT = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = [EOS, PAD, USER, ASSISTANT]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '<|user|>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<|assistant|>' + m['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+MODEL_NAMES = ("base", "sft")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` and wrap it with EOS/PAD and the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no <unk>
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok) -> PreTrainedTokenizerFast:
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[USER, ASSISTANT],
+        model_max_length=128,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """The shipped tokenizer (``data/tokenizer``)."""
+    path = Path(path) if path else data_path("tokenizer")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make assets`")
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerFast, instruction: str) -> str:
+    """The chat-formatted prompt for one user instruction, ending where the assistant speaks."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
+
+
+# ----------------------------------------------------------------------------- models
+def make_config(tokenizer: PreTrainedTokenizerFast, n_layer: int, n_embd: int, n_head: int,
+                n_positions: int = 128) -> GPT2Config:
+    """A GPT-2 config sized for a laptop, with the tokenizer's special-token ids."""
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.1,
+        embd_pdrop=0.1,
+        attn_pdrop=0.1,
+        tie_word_embeddings=True,
+    )
+
+
+def model_path(name: str) -> Path:
+    return data_path("models", name)
+
+
+def load_model(name_or_path: str | Path = "base", device: str | torch.device | None = None) -> GPT2LMHeadModel:
+    """Load a shipped model by name (``"base"``, ``"sft"``) or from a folder, in eval mode."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = model_path(str(name_or_path))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no model {name_or_path!r}: expected a folder or one of {MODEL_NAMES} under {data_path('models')}"
+            " (run `make assets`)"
+        )
+    model = GPT2LMHeadModel.from_pretrained(str(path), use_safetensors=True)
+    return model.to(get_device(device)).eval()
+
+
+def save_model(model: PreTrainedModel, path: str | Path, tokenizer: PreTrainedTokenizerFast | None = None) -> None:
+    """Save as safetensors (never pickle), optionally with the tokenizer beside it."""
+    model.save_pretrained(str(path), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Sequence[str],
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    batch_size: int = 64,
+    seed: int | None = 0,
+    progress: bool = True,
+    return_ids: bool = False,
+):
+    """Sample one completion per prompt (prompts are already formatted text).
+
+    Prompts are left-padded so every row's next token sits at the same position. Sampling stops
+    at EOS or after ``max_new_tokens``. Returns the completions as text (special tokens dropped),
+    or, with ``return_ids=True``, a list of 1-D tensors of completion token ids *including* the
+    EOS if one was produced (what the log-prob convention counts).
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (sampling); use top_k=1 for greedy")
+    device = next(model.parameters()).device
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # restored below
+    outputs = []
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="sampling", disable=not progress or len(batches) < 2):
+        batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(device)
+        out = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k if top_k is not None else 0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        completions = out[:, batch["input_ids"].shape[1]:].cpu()
+        for row in completions:
+            ends = (row == tokenizer.eos_token_id).nonzero()
+            length = int(ends[0]) + 1 if len(ends) else len(row)  # no EOS: ran to the limit, no padding
+            outputs.append(row[:length])
+    model.train(was_training)
+    tokenizer.padding_side = padding_side
+    if return_ids:
+        return outputs
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]

@@ -1,0 +1,286 @@
+"""Online (iterative) DPO: the DPO loss on fresh pairs that the *current* policy samples and a judge labels.
+
+Offline DPO trains on a fixed set of pairs, sampled once from another policy (here the SFT model) and
+labelled once. As the policy moves away from that policy, the pairs describe text it no longer writes:
+the data go off-policy. Online DPO (Guo et al., 2024, "Direct Language Model Alignment from Online AI
+Feedback"; Xiong et al., 2024, iterative DPO) keeps the data fresh. Each round:
+
+1. sample k >= 2 completions per prompt from the current policy pi_theta (temperature tau);
+2. score them with a judge: the shipped reward model by default, or the gold judge as an "oracle labeler";
+3. make one pair per prompt: chosen y_w = the highest score, rejected y_l = the lowest;
+4. take DPO steps on these pairs against the *fixed* reference pi_ref (the SFT model):
+
+       L = -log sigma( beta * [ (log pi(y_w|x) - log pi(y_l|x)) - (log pi_ref(y_w|x) - log pi_ref(y_l|x)) ] )
+
+The loss is exactly offline DPO's (:func:`pref_lab.dpo.dpo_loss`); only where the pairs come from changes.
+
+Pairing rule (every skipped prompt is counted, never dropped silently):
+
+- *identical*: all k completions are the same text (after stripping whitespace): there is nothing to
+  compare, the prompt is skipped and counted in ``skipped/identical``;
+- *tie*: max score - min score <= ``tie_tolerance`` (default 0: exactly equal): the judge has no
+  preference, the prompt is skipped and counted in ``skipped/ties``;
+- otherwise chosen = argmax, rejected = argmin (the first one when several share the max or min). If
+  a noisy judge gave the two different scores but their texts are identical, the prompt counts as identical.
+
+Completions are trained on as the token ids that were sampled (EOS included when one was sampled),
+so log pi is the log-prob of exactly what the policy wrote. The judge sees the decoded text.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import seed_everything
+from .dpo import disable_dropout, dpo_loss, dpo_metrics
+from .logprobs import sequence_logprobs, tokenize_completions
+from .models import generate
+from .reward_model import score_texts
+
+Judge = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+"""``judge(prompts, completion_texts) -> (N,)`` scores; higher is better. Both lists have N entries."""
+
+
+# ----------------------------------------------------------------------------- judges
+def reward_model_judge(reward_model, tokenizer, batch_size: int = 64) -> Judge:
+    """The shipped Bradley–Terry reward model as a judge: its scalar score of each (prompt, completion)."""
+    return lambda prompts, completions: score_texts(reward_model, tokenizer, list(prompts), list(completions), batch_size)
+
+
+def gold_judge(gold) -> Judge:
+    """The gold judge as an "oracle labeler" (what a human would say); it reads the completion only.
+
+    ``gold``: anything with ``gold_reward(texts) -> (N,)``, e.g. :func:`pref_lab.judge.load_gold_judge`.
+    """
+    return lambda prompts, completions: gold.gold_reward(list(completions))
+
+
+# ----------------------------------------------------------------------------- pairing
+def select_pairs(texts: Sequence[Sequence[str]], scores: torch.Tensor, tie_tolerance: float = 0.0) -> dict:
+    """One (chosen, rejected) pair per prompt from k judged completions, by the rule in the module docstring.
+
+    ``texts``: P lists of k completion texts; ``scores``: (P, k) judge scores. Returns ``prompt_index``,
+    ``chosen``, ``rejected`` (M,) LongTensors (prompt row and the columns of its chosen and rejected
+    completion, for the M kept prompts), ``margin`` (M,) = score(chosen) - score(rejected) > tie_tolerance,
+    and the counts ``ties`` and ``identical`` (M + ties + identical = P).
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    if scores.ndim != 2 or scores.shape[1] < 2 or len(texts) != scores.shape[0]:
+        raise ValueError(f"need (P, k >= 2) scores for P prompts, got scores {tuple(scores.shape)} for {len(texts)} prompts")
+    if any(len(row) != scores.shape[1] for row in texts):
+        raise ValueError(f"every prompt needs k={scores.shape[1]} completion texts")
+    if not torch.isfinite(scores).all():
+        raise ValueError("judge scores contain NaN or inf: cannot rank completions")
+    if tie_tolerance < 0:
+        raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
+    kept, chosen, rejected, margins = [], [], [], []
+    ties = identical = 0
+    for i, row in enumerate(texts):
+        best, worst = int(scores[i].argmax()), int(scores[i].argmin())
+        margin = (scores[i, best] - scores[i, worst]).item()
+        if len({t.strip() for t in row}) < 2:
+            identical += 1
+        elif margin <= tie_tolerance:
+            ties += 1
+        elif row[best].strip() == row[worst].strip():  # only a noisy judge scores the same text twice differently
+            identical += 1
+        else:
+            kept.append(i)
+            chosen.append(best)
+            rejected.append(worst)
+            margins.append(margin)
+    return {"prompt_index": torch.tensor(kept, dtype=torch.long), "chosen": torch.tensor(chosen, dtype=torch.long),
+            "rejected": torch.tensor(rejected, dtype=torch.long), "margin": torch.tensor(margins), "ties": ties,
+            "identical": identical}
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class OnlineDPOConfig:
+    """Online DPO hyper-parameters. By default each round is one DPO step on one fresh pair per prompt
+    (TRL's ``OnlineDPOTrainer`` does the same: generate, judge, one gradient step)."""
+
+    rounds: int = 50  # sample -> judge -> update cycles
+    prompts_per_round: int = 16  # prompts sampled each round (one pair per prompt at most)
+    completions_per_prompt: int = 2  # k >= 2 samples per prompt; the pair is (best, worst) of the k
+    epochs: int = 1  # passes over each round's pairs (>1 reuses fresh data a little longer)
+    minibatch_size: int = 16  # pairs per gradient step
+    beta: float = 0.1
+    lr: float = 1e-4
+    max_grad_norm: float | None = 1.0
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # sampling temperature of the fresh completions
+    tie_tolerance: float = 0.0  # a pair whose score gap is <= this is a tie (skipped and counted)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("rounds", "prompts_per_round", "epochs", "minibatch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"OnlineDPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.completions_per_prompt < 2:
+            raise ValueError(f"completions_per_prompt must be >= 2 to make a pair, got {self.completions_per_prompt}")
+        if not (self.beta > 0 and self.lr > 0 and self.temperature > 0):
+            raise ValueError("beta, lr and temperature must be > 0")
+        if self.tie_tolerance < 0:
+            raise ValueError(f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
+
+
+def _round_metrics(texts, scores, selection, gold_fn) -> dict:
+    """What the judge (and, if given, the gold judge) saw this round, before any update."""
+    n_kept = len(selection["prompt_index"])
+    record = {"pairs": n_kept, "skipped/ties": selection["ties"], "skipped/identical": selection["identical"],
+              "judge/score": scores.mean().item()}
+    if n_kept:
+        record["judge/margin"] = selection["margin"].mean().item()
+    if gold_fn is not None:
+        flat = [t for row in texts for t in row]
+        gold = torch.as_tensor(gold_fn(flat)).float().view(len(texts), -1)
+        record["gold/reward"] = gold.mean().item()
+        if n_kept:
+            rows = selection["prompt_index"]
+            gold_margin = gold[rows, selection["chosen"]] - gold[rows, selection["rejected"]]
+            record["gold/margin"] = gold_margin.mean().item()
+            record["gold/label_agreement"] = (gold_margin > 0).float().mean().item()  # judge's label = gold's order
+    return record
+
+
+def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge: Judge,
+                     config: OnlineDPOConfig | None = None, *, gold_fn: Callable[[list[str]], torch.Tensor] | None = None,
+                     eval_fn: Callable[[object], dict] | None = None, eval_every: int = 10,
+                     callback: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
+    """Online DPO: each round samples from ``policy``, labels with ``judge`` and takes DPO steps vs ``reference``.
+
+    ``prompts`` are chat-formatted (ending in ``<|assistant|>``); ``judge(prompts, texts) -> (N,)``;
+    ``gold_fn(texts) -> (N,)`` (optional) logs the gold reward of the fresh samples.
+
+    History: one dict per round with ``round``, ``step`` (optimizer steps so far), ``samples`` (generated so
+    far), ``pairs``, ``skipped/ties``, ``skipped/identical``, ``judge/score`` (mean over all samples),
+    ``judge/margin`` (mean chosen - rejected score), ``samples/eos_rate``; with ``gold_fn`` also
+    ``gold/reward``, ``gold/margin`` and ``gold/label_agreement`` (share of pairs the gold judge orders the
+    same way). When the round had pairs: offline DPO's metrics (``loss``, ``rewards/*``, ``logps/*``, means over
+    the round's steps, measured before each step's update). ``eval_fn(policy)`` every ``eval_every`` rounds
+    and at the end, as in :func:`pref_lab.ppo.train_ppo`. A non-finite loss raises naming the round.
+    """
+    config = config or OnlineDPOConfig()
+    if len(prompts) < config.prompts_per_round or any(not p for p in prompts):
+        raise ValueError(f"need at least prompts_per_round={config.prompts_per_round} non-empty prompts, got {len(prompts)}")
+    if policy is reference:
+        raise ValueError("policy and reference are the same object: pass a copy, e.g. copy.deepcopy(reference)")
+    generator = seed_everything(config.seed)
+    device = next(policy.parameters()).device
+    reference.to(device).eval()  # frozen: used only under no_grad, never given to the optimizer
+    disable_dropout(policy)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the policy has no parameter with requires_grad=True")
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr)
+    max_length = getattr(policy.config, "n_positions", 1024)
+    k, n_steps, n_samples, history = config.completions_per_prompt, 0, 0, []
+    bar = tqdm(range(config.rounds), desc="online DPO", disable=not progress)
+    for round_index in bar:
+        # 1. fresh samples from the current policy, k per prompt (rows i*k .. i*k+k-1 belong to prompt i)
+        picks = torch.randperm(len(prompts), generator=generator)[:config.prompts_per_round]
+        round_prompts = [prompts[int(i)] for i in picks]
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        ids = generate(policy, tokenizer, [p for p in round_prompts for _ in range(k)], max_new_tokens=config.max_new_tokens,
+                       temperature=config.temperature, batch_size=len(round_prompts) * k, seed=seed, progress=False,
+                       return_ids=True)
+        flat_texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+        n_samples += len(ids)
+        # 2. the judge labels them; 3. one pair per prompt
+        scores = torch.as_tensor(judge([p for p in round_prompts for _ in range(k)], flat_texts)).float().cpu()
+        if scores.shape != (len(flat_texts),):
+            raise ValueError(f"round {round_index}: judge must return {len(flat_texts)} scores, got {tuple(scores.shape)}")
+        texts = [flat_texts[i * k:(i + 1) * k] for i in range(len(round_prompts))]
+        selection = select_pairs(texts, scores.view(-1, k), config.tie_tolerance)
+        record = {"round": round_index, **_round_metrics(texts, scores, selection, gold_fn)}
+        record["samples/eos_rate"] = sum(len(x) > 0 and int(x[-1]) == tokenizer.eos_token_id for x in ids) / len(ids)
+
+        # 4. DPO steps on the fresh pairs, against the fixed reference
+        n_pairs = record["pairs"]
+        if n_pairs:
+            rows = selection["prompt_index"]
+            chosen_ids = [ids[int(r) * k + int(c)] for r, c in zip(rows, selection["chosen"])]
+            rejected_ids = [ids[int(r) * k + int(c)] for r, c in zip(rows, selection["rejected"])]
+            pair_prompts = [round_prompts[int(r)] for r in rows]
+            batch = tokenize_completions(tokenizer, pair_prompts * 2, chosen_ids + rejected_ids, max_length=max_length)
+            batch = {name: t.to(device) for name, t in batch.items()}  # rows: [chosen..., rejected...]
+            with torch.no_grad():
+                ref_logps = sequence_logprobs(reference, **batch)  # pi_ref is fixed: once per round is enough
+            stats = defaultdict(list)
+            policy.train()
+            for _ in range(config.epochs):
+                order = torch.randperm(n_pairs, generator=generator)
+                for start in range(0, n_pairs, config.minibatch_size):
+                    pair_rows = order[start:start + config.minibatch_size].to(device)
+                    batch_rows = torch.cat([pair_rows, pair_rows + n_pairs])  # this minibatch's chosen, then rejected
+                    pi_logps = sequence_logprobs(policy, **{name: t[batch_rows] for name, t in batch.items()})
+                    yw_ids = torch.arange(len(pair_rows), device=device)
+                    yl_ids = yw_ids + len(pair_rows)
+                    losses, rewards = dpo_loss(pi_logps, ref_logps[batch_rows], yw_ids, yl_ids, config.beta)
+                    loss = losses.mean()
+                    if not torch.isfinite(loss):
+                        raise RuntimeError(f"online DPO round {round_index}: loss is {loss.item()} (try a smaller lr)")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    n_steps += 1
+                    for name, value in dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids).items():
+                        stats[name].append(value)
+            policy.eval()
+            record.update({name: sum(values) / len(values) for name, values in stats.items()})
+        record["step"], record["samples"] = n_steps, n_samples
+        if eval_fn is not None and ((round_index + 1) % eval_every == 0 or round_index + 1 == config.rounds):
+            record.update(eval_fn(policy))
+        history.append(record)
+        if callback is not None:
+            callback(record)
+        bar.set_postfix(score=f"{record['judge/score']:.3f}", pairs=n_pairs)
+    policy.eval()
+    return history
+
+
+# ----------------------------------------------------------------------------- distribution shift
+@torch.no_grad()
+def mean_logprob(model, tokenizer, prompts: Sequence[str], completions: Sequence, per_token: bool = True,
+                 batch_size: int = 64) -> float:
+    """Mean over pairs of log pi(y|x) (``per_token=False``) or of log pi(y|x) / |y| (``per_token=True``).
+
+    ``completions``: texts (EOS appended) or 1-D id tensors used as they are (e.g. sampled ids).
+    """
+    if len(prompts) != len(completions) or len(prompts) == 0:
+        raise ValueError(f"need as many completions as prompts (and at least one), got {len(prompts)} and {len(completions)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    max_length = getattr(getattr(model, "config", None), "n_positions", 1024)
+    total = 0.0
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
+                                     list(completions[start:start + batch_size]), max_length=max_length)
+        total += sequence_logprobs(model, **{k: v.to(device) for k, v in batch.items()}, average=per_token).sum().item()
+    model.train(was_training)
+    return total / len(prompts)
+
+
+def distribution_shift(policy, tokenizer, prompts: Sequence[str], completions: Sequence, *, max_new_tokens: int = 48,
+                       temperature: float = 1.0, seed: int = 0, per_token: bool = True) -> dict[str, float]:
+    """How far a fixed set of (prompt, completion) pairs is from what ``policy`` writes now.
+
+    Returns ``offline`` = mean log pi(y|x) of the fixed pairs (e.g. an offline preference set's completions),
+    ``on_policy`` = the same for one fresh sample y ~ pi(.|x) per prompt (at ``temperature``; at 1 it
+    estimates minus the entropy), and ``gap = on_policy - offline``. A growing gap means the fixed data
+    have become text the policy would rarely write: offline pairs are off-policy by that much.
+    """
+    fresh = generate(policy, tokenizer, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                     progress=False, return_ids=True)
+    offline = mean_logprob(policy, tokenizer, prompts, completions, per_token)
+    on_policy = mean_logprob(policy, tokenizer, prompts, fresh, per_token)
+    return {"offline": offline, "on_policy": on_policy, "gap": on_policy - offline}

@@ -1,0 +1,133 @@
+"""A Bradley–Terry reward model: the SFT transformer with a scalar head on the last real token.
+
+Trained on preference pairs with the pairwise loss (plus TRL's optional centering term)
+
+    L_RM = -log sigma(r(x, y_c) - r(x, y_r)) + c * (r(x, y_c) + r(x, y_r))^2
+
+The centering term pins the free constant of Bradley–Terry (rewards are identifiable only up to
+a shift) near zero, which keeps RM scores on a stable scale for PPO.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import GPT2ForSequenceClassification
+
+from .config import data_path, get_device, seed_everything
+from .logprobs import position_ids_from_mask, tokenize_completions
+
+
+def init_reward_model(sft_path: str | Path, seed: int = 0) -> GPT2ForSequenceClassification:
+    """A reward model whose trunk is the SFT model's and whose scalar head is fresh (seeded)."""
+    torch.manual_seed(seed)
+    return GPT2ForSequenceClassification.from_pretrained(str(sft_path), num_labels=1, use_safetensors=True)
+
+
+def load_reward_model(path: str | Path | None = None, device=None) -> GPT2ForSequenceClassification:
+    """The shipped reward model (``data/models/rm``), in eval mode."""
+    path = Path(path) if path else data_path("models", "rm")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make assets`")
+    model = GPT2ForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+    return model.to(get_device(device)).eval()
+
+
+def reward_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar reward per row, shape (B,): the head applied at the last non-pad token.
+
+    Works for left and right padding: positions are counted over real tokens, and we gather the
+    hidden state at the last position where ``attention_mask`` is 1 ourselves (rather than relying
+    on the pad-token id, which a model may legitimately generate).
+    """
+    hidden = reward_model.transformer(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * attention_mask).argmax(-1)  # index of the last real token of each row
+    return reward_model.score(hidden[torch.arange(len(last)), last]).squeeze(-1)
+
+
+@torch.no_grad()
+def score_texts(reward_model, tokenizer, prompts: Sequence[str], completions: Sequence, batch_size: int = 64) -> torch.Tensor:
+    """RM score of each (prompt, completion) pair, shape (N,). Completions are texts or id tensors."""
+    reward_model.eval()
+    device = next(reward_model.parameters()).device
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize_completions(tokenizer, prompts[start:start + batch_size], completions[start:start + batch_size])
+        out.append(reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu())
+    return torch.cat(out)
+
+
+def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
+    """Mean of -log sigma(r_c - r_r) + center_coef * (r_c + r_r)^2 over pairs (TRL RewardTrainer's loss)."""
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen_rewards + rejected_rewards) ** 2).mean()
+    return loss
+
+
+def _pair_rewards(reward_model, tokenizer, pairs: Sequence[Mapping], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score chosen and rejected of each pair in one forward pass: returns (r_chosen, r_rejected)."""
+    prompts = [p["prompt"] for p in pairs] * 2
+    completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    batch = tokenize_completions(tokenizer, prompts, completions)
+    rewards = reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return rewards[: len(pairs)], rewards[len(pairs):]
+
+
+@torch.no_grad()
+def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size: int = 64) -> dict:
+    """Accuracy (strict r_c > r_r), mean loss and the rewards themselves on preference pairs."""
+    reward_model.eval()
+    device = next(reward_model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        c, r = _pair_rewards(reward_model, tokenizer, pairs[start:start + batch_size], device)
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    return {"accuracy": (chosen > rejected).float().mean().item(),
+            "loss": pairwise_loss(chosen, rejected).item(), "chosen": chosen, "rejected": rejected}
+
+
+def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], val_pairs: Sequence[Mapping] | None = None,
+                       *, steps: int = 200, batch_size: int = 32, lr: float = 1e-4, center_coef: float = 0.01,
+                       seed: int = 0, eval_every: int = 50, progress: bool = True) -> dict:
+    """Train with the pairwise loss; ``batch_size`` pairs per step. Returns the training history."""
+    gen = seed_everything(seed)
+    device = next(reward_model.parameters()).device
+    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    history = {"step": [], "train_loss": [], "train_accuracy": [], "eval_step": [], "val_accuracy": [], "val_loss": []}
+    start = time.time()
+    bar = tqdm(range(steps), desc="reward model", disable=not progress)
+    for step in bar:
+        reward_model.train()
+        idx = torch.randint(0, len(train_pairs), (batch_size,), generator=gen).tolist()
+        chosen, rejected = _pair_rewards(reward_model, tokenizer, [train_pairs[i] for i in idx], device)
+        loss = pairwise_loss(chosen, rejected, center_coef)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"reward-model step {step}: loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        history["step"].append(step)
+        history["train_loss"].append(loss.item())
+        history["train_accuracy"].append((chosen > rejected).float().mean().item())
+        if val_pairs is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            result = evaluate_pairs(reward_model, tokenizer, val_pairs)
+            history["eval_step"].append(step + 1)
+            history["val_accuracy"].append(result["accuracy"])
+            history["val_loss"].append(result["loss"])
+            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{result['accuracy']:.3f}")
+    reward_model.eval()
+    history["seconds"] = time.time() - start
+    return history

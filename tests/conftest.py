@@ -1,0 +1,63 @@
+"""Shared test setup: offline, and a socket guard that fails any test reaching the network."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(sock, address):
+    """Allow local sockets (Jupyter kernels talk over loopback/unix sockets); refuse everything else."""
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+        return _real_connect(sock, address)
+    raise RuntimeError(f"network access attempted during tests: connect({address!r})")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    yield
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """A 5-word tokenizer for hand-computed tests: ids <|endoftext|>=0, <|pad|>=1, a=2, b=3, c=4."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<|pad|>": 1, "a": 2, "b": 3, "c": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+class BigramLM(torch.nn.Module):
+    """A 'language model' whose next-token logits depend only on the current token: logits = table[x_t].
+
+    Lets tests compute log-probs by hand; ignores attention_mask/position_ids like a bigram model should.
+    """
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(table.clone())
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **_):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+@pytest.fixture
+def bigram_lm():
+    torch.manual_seed(0)
+    return BigramLM(torch.randn(5, 5))

@@ -1,0 +1,187 @@
+"""The frontier runner: its tiny configuration runs end to end in seconds on a tiny world written to disk
+(random GPT-2s, a small BPE tokenizer, a hand-made gold judge) and writes a results file with the documented
+schema, whose counts match the configuration it ran."""
+
+import copy
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from pref_lab.data import write_jsonl
+from pref_lab.experiments import CONFIGS, SCHEMA, check_results, heldout_review_prompts
+from pref_lab.judge import GoldJudge
+from pref_lab.models import format_prompt, generate, load_model, load_tokenizer, make_config, save_model, train_tokenizer
+from pref_lab.reward_model import init_reward_model
+from pref_lab.sft import REVIEW_INSTRUCTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD, BAD = ["a charming comedy", "great acting", "warm and funny"], ["a dull mess", "too long", "boring plot"]
+MOVIES = ["Alpha Dog", "Big Fish", "Cold Mountain", "Dark Water", "Eight Below", "Fast Five"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("frontier_script", ROOT / "scripts" / "frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    """A world folder laid out like data/: tokenizer, models/sft, models/rm, judges/gold, preferences, corpus."""
+    out = tmp_path_factory.mktemp("world")
+    corpus = [{"movie_id": m.lower().replace(" ", "_"), "movie_title": m, "kind": "review", "label": "fresh", "text": t,
+               "split": split} for i, m in enumerate(MOVIES) for t, split in ((GOOD[i % 3], "test" if i < 4 else "val"),)]
+    write_jsonl(corpus, out / "corpus" / "corpus.jsonl")
+    tokenizer = train_tokenizer((GOOD + BAD + [f"Write a review of {m}. What did you think of it?" for m in MOVIES]) * 3,
+                                vocab_size=300)
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    torch.manual_seed(0)
+    save_model(GPT2LMHeadModel(make_config(tokenizer, n_layer=1, n_embd=16, n_head=2, n_positions=64)),
+               out / "models" / "sft", tokenizer)
+    save_model(init_reward_model(out / "models" / "sft"), out / "models" / "rm", tokenizer)
+    vocab = ["charming", "great", "warm", "funny", "dull", "mess", "long", "boring"]
+    GoldJudge(vocab, torch.tensor([1.0, 1.0, 0.5, 0.5, -1.0, -1.0, -0.5, -0.5]), 0.1, ("rotten", "fresh")).save(
+        out / "judges" / "gold")
+    pairs = [{"prompt": format_prompt(tokenizer, t.format(title=m)), "chosen": g, "rejected": b,
+              "gold_chosen": 1.0, "gold_rejected": -1.0, "p_chosen": 0.88}
+             for m in MOVIES[4:] for t in REVIEW_INSTRUCTIONS for g, b in zip(GOOD, BAD)]
+    write_jsonl(pairs, out / "preferences" / "train.jsonl")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_results(world_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results") / "frontier.json"
+    start = time.perf_counter()
+    results = load_script().main(["--tiny", "--assets", str(world_dir), "--out", str(out), "--threads", "1"])
+    return results, out, time.perf_counter() - start
+
+
+def test_tiny_configuration_completes_in_seconds_and_writes_the_schema(tiny_results):
+    results, out, seconds = tiny_results
+    assert seconds < 20, f"the tiny frontier took {seconds:.1f} s"  # the grid itself takes ~1-2 s on 2 busy cores
+    assert json.loads(out.read_text()) == results
+    check_results(results)
+    assert results["schema"] == SCHEMA and results["config_name"] == "tiny" and results["complete"]
+    assert results["config"] == CONFIGS["tiny"] and results["seed"] == CONFIGS["tiny"]["seed"]
+    for key in ("python", "torch", "transformers", "device", "threads", "jobs"):
+        assert key in results["environment"], key
+    assert results["data"] == {"train_prompts": 6, "train_pairs": 18, "eval_prompts": 4}
+
+
+def test_the_grid_has_every_run_with_its_exact_settings(tiny_results):
+    results, _, _ = tiny_results
+    config = CONFIGS["tiny"]
+    by_method = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    assert [r["value"] for r in by_method["ppo"]] == config["ppo"]["kl_coefs"]
+    assert [r["value"] for r in by_method["dpo"]] == config["dpo"]["betas"]
+    assert [r["value"] for r in by_method["online_dpo"]] == config["online_dpo"]["betas"]
+    assert [r["value"] for r in by_method["best_of_n"]] == config["best_of_n"]["ns"]
+    assert len(config["ppo"]["kl_coefs"]) >= 4 and len(config["dpo"]["betas"]) >= 4
+    assert len(config["online_dpo"]["betas"]) >= 2
+    for run in by_method["ppo"]:
+        assert run["settings"]["kl_coef"] == run["value"] and run["settings"]["seed"] == config["seed"]
+        assert run["settings"]["steps"] == config["ppo"]["steps"]
+    for run in by_method["dpo"] + by_method["online_dpo"]:
+        assert run["settings"]["beta"] == run["value"]
+
+
+def test_curves_start_at_the_sft_point_and_are_evaluated_on_schedule(tiny_results):
+    results, _, _ = tiny_results
+    sft = results["sft"]
+    assert sft["kl"] == 0.0 and sft["step"] == 0 and sft["samples_generated"] == 0  # the SFT model vs itself
+    every = CONFIGS["tiny"]["eval"]["every"]
+    last = {"ppo": CONFIGS["tiny"]["ppo"]["steps"], "dpo": CONFIGS["tiny"]["dpo"]["steps"],
+            "online_dpo": CONFIGS["tiny"]["online_dpo"]["rounds"]}
+    for run in results["runs"]:
+        assert run["curve"][0] == sft and run["final"] == run["curve"][-1]
+        if run["method"] in last:
+            steps = [p["step"] for p in run["curve"]]
+            assert steps == sorted(set(list(range(0, last[run["method"]], every)) + [last[run["method"]]])), run["name"]
+            assert all(p["kl_kind"] == "sampled" for p in run["curve"])
+            assert run["cost"]["eval_samples"] == 4 * (len(steps) - 1)  # one sample per eval prompt per evaluation
+
+
+def test_costs_count_what_each_method_used(tiny_results):
+    results, _, _ = tiny_results
+    config, n_eval = CONFIGS["tiny"], results["data"]["eval_prompts"]
+    for run in results["runs"]:
+        cost = run["cost"]
+        assert cost["wall_seconds"] >= cost["train_seconds"] >= 0 and cost["eval_seconds"] >= 0
+        assert cost["n_models"] == len(cost["models_in_memory"]) and cost["peak_rss_mb"] > 0
+        if run["method"] == "ppo":
+            rollouts = config["ppo"]["steps"] * config["ppo"]["batch_size"]
+            assert cost["samples_generated"] == cost["reward_model_calls"] == rollouts
+            assert cost["models_in_memory"] == ["policy", "reference", "reward_model", "value_model"]
+        elif run["method"] == "dpo":
+            assert cost["samples_generated"] == cost["reward_model_calls"] == 0
+            assert cost["pairs_seen"] == config["dpo"]["steps"] * config["dpo"]["batch_size"]
+            assert cost["models_in_memory"] == ["policy", "reference"]
+            assert cost["parameters_in_memory"] == 2 * cost["trainable_parameters"]
+        elif run["method"] == "online_dpo":
+            c = config["online_dpo"]
+            fresh = c["rounds"] * c["prompts_per_round"] * c["completions_per_prompt"]
+            assert cost["samples_generated"] == cost["reward_model_calls"] == run["final"]["samples_generated"] == fresh
+            assert cost["models_in_memory"] == ["policy", "reference", "reward_model"]
+        else:
+            n = run["value"]
+            assert cost["samples_generated"] == cost["reward_model_calls"] == n_eval * n
+            assert run["final"]["kl"] == pytest.approx(math.log(n) - (n - 1) / n)
+            assert run["final"]["kl_kind"] == "analytic_bound"
+
+
+def test_best_of_one_is_a_plain_sft_sample(tiny_results, world_dir):
+    """n = 1 keeps the only sample: its gold reward is the SFT sample's, recomputed here independently."""
+    results, _, _ = tiny_results
+    tokenizer = load_tokenizer(world_dir / "tokenizer")
+    sft = load_model(world_dir / "models" / "sft", "cpu")
+    corpus = [json.loads(line) for line in (world_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
+    prompts = heldout_review_prompts(corpus, tokenizer, CONFIGS["tiny"]["eval"]["prompts"], CONFIGS["tiny"]["seed"])
+    texts = generate(sft, tokenizer, prompts, max_new_tokens=CONFIGS["tiny"]["max_new_tokens"],
+                     seed=CONFIGS["tiny"]["seed"] + 1, progress=False)
+    gold = GoldJudge.load(world_dir / "judges" / "gold").gold_reward(texts).mean().item()
+    best_of_one = next(r for r in results["runs"] if r["name"] == "best_of_n/n=1")
+    assert best_of_one["final"]["gold_reward"] == pytest.approx(gold, abs=1e-6)
+
+
+def test_a_run_gives_the_same_numbers_alone_as_in_the_grid(tiny_results, world_dir, tmp_path):
+    """Every run reseeds: run on its own (CLI overrides), PPO at one KL coefficient reproduces its grid curve."""
+    results, _, _ = tiny_results
+    alone = load_script().main(["--tiny", "--assets", str(world_dir), "--out", str(tmp_path / "one.json"),
+                                "--methods", "ppo", "--set", "ppo.kl_coefs=[0.05]", "--threads", "1"])
+    assert alone["config"]["ppo"]["kl_coefs"] == [0.05] and len(alone["runs"]) == 1
+    numbers = lambda run: [{k: v for k, v in p.items() if k != "train_seconds"} for p in run["curve"]]
+    in_grid = next(r for r in results["runs"] if r["name"] == "ppo/kl_coef=0.05")
+    assert numbers(alone["runs"][0]) == numbers(in_grid)
+
+
+def test_bad_overrides_and_broken_results_raise(tiny_results):
+    script = load_script()
+    config = copy.deepcopy(CONFIGS["tiny"])
+    with pytest.raises(ValueError, match="unknown key 'stepz'"):
+        script.apply_override(config, "ppo.stepz=3")
+    with pytest.raises(ValueError, match="key=value"):
+        script.apply_override(config, "ppo.steps")
+    script.apply_override(config, "eval.every=5")
+    assert config["eval"]["every"] == 5
+    broken = copy.deepcopy(tiny_results[0])
+    del broken["runs"][0]["cost"]["reward_model_calls"]
+    with pytest.raises(ValueError, match="cost.reward_model_calls"):
+        check_results(broken)

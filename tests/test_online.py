@@ -1,0 +1,227 @@
+"""Online DPO: the pairing rule against hand-made scores, the loop's labels against the judge it was given,
+skips counted, a few rounds on a tiny random GPT-2 that must raise a trivially learnable reward, and the
+distribution-shift helper against hand-computed log-probs."""
+
+import copy
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import pref_lab.online as online
+from pref_lab.models import SPECIAL_TOKENS, generate, wrap_tokenizer
+from pref_lab.online import (
+    OnlineDPOConfig,
+    distribution_shift,
+    gold_judge,
+    mean_logprob,
+    reward_model_judge,
+    select_pairs,
+    train_online_dpo,
+)
+
+LETTERS = "abcdefghijkl"
+PROMPTS = [f"<|user|>{LETTERS[k]} {LETTERS[(k + 1) % 12]} {LETTERS[(k + 2) % 12]}<|assistant|>" for k in range(12)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are all thread overhead: one thread is many times faster on 2 busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """16 tokens: the course's four special tokens (EOS = 0, PAD = 1) and 12 letters, one word each."""
+    words = SPECIAL_TOKENS + list(LETTERS)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return wrap_tokenizer(tok)
+
+
+@pytest.fixture
+def policy(tokenizer):
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config).eval()
+
+
+def fraction_of_c(prompts, texts):
+    """A trivially learnable judge: the share of words that are "c" (0 for an empty text)."""
+    return torch.tensor([t.split().count("c") / max(len(t.split()), 1) for t in texts])
+
+
+# ----------------------------------------------------------------------------- pairing rule
+def test_select_pairs_follows_the_stated_rule():
+    texts = [["a", "b", "c"],  # distinct: chosen = argmax (1), rejected = argmin (0)
+             ["a", "b", "c"],  # all scores equal: a tie
+             ["a", "a ", " a"],  # the same text three times: identical
+             ["a", "b", "c"],  # two share the max: the first one (0) is chosen
+             ["a", "a", "b"],  # a noisy judge scored one text twice differently: best and worst are the same text
+             ["a", "b", "c"]]  # within tie_tolerance? no (tolerance 0): kept
+    scores = torch.tensor([[0.1, 0.9, 0.5], [2.0, 2.0, 2.0], [1.0, 1.0, 1.0], [3.0, -1.0, 3.0], [5.0, -5.0, 0.0],
+                           [1.0, 1.05, 0.99]])
+    out = select_pairs(texts, scores)
+    assert out["prompt_index"].tolist() == [0, 3, 5]
+    assert out["chosen"].tolist() == [1, 0, 1]
+    assert out["rejected"].tolist() == [0, 1, 2]
+    torch.testing.assert_close(out["margin"], torch.tensor([0.8, 4.0, 0.06]))
+    assert (out["ties"], out["identical"]) == (1, 2)
+    # with a tolerance the near-tie of the last prompt is a tie too
+    tolerant = select_pairs(texts, scores, tie_tolerance=0.1)
+    assert tolerant["prompt_index"].tolist() == [0, 3] and tolerant["ties"] == 2
+
+
+def test_select_pairs_rejects_bad_input():
+    with pytest.raises(ValueError, match="k >= 2"):
+        select_pairs([["a"]], torch.tensor([[1.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        select_pairs([["a", "b"]], torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="k=2"):
+        select_pairs([["a", "b", "c"]], torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="completions_per_prompt"):
+        OnlineDPOConfig(completions_per_prompt=1)
+
+
+def test_judges_wrap_the_reward_model_and_the_gold_judge(tokenizer, policy):
+    class Gold:
+        def gold_reward(self, texts):
+            return torch.tensor([float(len(t)) for t in texts])
+
+    assert gold_judge(Gold())(["x", "y"], ["ab", "a"]).tolist() == [2.0, 1.0]
+    from transformers import GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    rm = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1,
+                                                  n_head=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)).eval()
+    from pref_lab.reward_model import score_texts
+
+    expected = score_texts(rm, tokenizer, PROMPTS[:3], ["a", "b c", "d"])
+    torch.testing.assert_close(reward_model_judge(rm, tokenizer)(PROMPTS[:3], ["a", "b c", "d"]), expected)
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_loop_trains_on_the_pair_the_judge_prefers(tokenizer, policy, monkeypatch):
+    """Spy on the judge's scores and on the completions the DPO batch is built from: in every round each
+    chosen completion is the best-scored sample of its prompt and the rejected one the worst."""
+    judged, batches = [], []
+
+    def spy_judge(prompts, texts):
+        scores = fraction_of_c(prompts, texts) + 1e-3 * torch.tensor([len(t) for t in texts])  # few exact ties
+        judged.append((list(prompts), list(texts), scores))
+        return scores
+
+    real_tokenize = online.tokenize_completions
+
+    def spy_tokenize(tok, prompts, completions, **kwargs):
+        batches.append((list(prompts), [tok.decode(c, skip_special_tokens=True).strip() for c in completions]))
+        return real_tokenize(tok, prompts, completions, **kwargs)
+
+    monkeypatch.setattr(online, "tokenize_completions", spy_tokenize)
+    config = OnlineDPOConfig(rounds=3, prompts_per_round=6, completions_per_prompt=3, max_new_tokens=5, lr=1e-3)
+    history = train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, spy_judge, config, progress=False)
+    assert len(judged) == 3
+    for (prompts, texts, scores), (pair_prompts, pair_texts), row in zip(judged, batches, history):
+        k = 3
+        n = len(pair_prompts) // 2
+        assert n == row["pairs"] and n + row["skipped/ties"] + row["skipped/identical"] == 6
+        assert pair_prompts[:n] == pair_prompts[n:]
+        for prompt, chosen, rejected in zip(pair_prompts[:n], pair_texts[:n], pair_texts[n:]):
+            i = prompts.index(prompt) // k
+            group = {t: s.item() for t, s in zip(texts[i * k:(i + 1) * k], scores[i * k:(i + 1) * k])}
+            assert group[chosen] == max(group.values()) and group[rejected] == min(group.values())
+            assert group[chosen] > group[rejected]
+        kept_margins = [max(scores[i * k:(i + 1) * k]) - min(scores[i * k:(i + 1) * k]) for i in range(6)
+                        if len(set(texts[i * k:(i + 1) * k])) > 1]
+        if n:
+            assert row["judge/margin"] == pytest.approx(sum(m.item() for m in kept_margins if m > 0) / n, abs=1e-5)
+        assert row["judge/score"] == pytest.approx(scores.mean().item())
+    assert history[-1]["samples"] == 3 * 6 * 3
+
+
+def test_ties_and_identical_completions_are_skipped_and_counted(tokenizer, policy):
+    start = copy.deepcopy(policy.state_dict())
+    config = OnlineDPOConfig(rounds=2, prompts_per_round=4, completions_per_prompt=2, max_new_tokens=4, lr=1e-2)
+    constant = lambda prompts, texts: torch.zeros(len(texts))  # no preference at all
+    history = train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, constant, config, progress=False)
+    assert [row["skipped/ties"] + row["skipped/identical"] for row in history] == [4, 4]
+    assert all(row["pairs"] == 0 and row["step"] == 0 and "loss" not in row for row in history)
+    # near-greedy sampling writes the same completion k times: identical, however the judge scores them
+    near_greedy = OnlineDPOConfig(rounds=1, prompts_per_round=4, max_new_tokens=4, temperature=1e-4)
+    history = train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, fraction_of_c, near_greedy,
+                               progress=False)
+    assert history[0]["skipped/identical"] == 4 and history[0]["pairs"] == 0
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, start[name]), f"{name} changed although no pair was kept"
+
+
+def test_online_dpo_raises_a_learnable_reward_and_is_deterministic(tokenizer, policy):
+    reference = copy.deepcopy(policy)
+    ref_state = copy.deepcopy(reference.state_dict())
+    start_state = copy.deepcopy(policy.state_dict())
+    config = OnlineDPOConfig(rounds=12, prompts_per_round=12, completions_per_prompt=4, minibatch_size=12,
+                             max_new_tokens=6, beta=0.1, lr=3e-2, seed=0)
+
+    def run():
+        policy.load_state_dict(start_state)
+        return train_online_dpo(policy, reference, tokenizer, PROMPTS, fraction_of_c, config,
+                                gold_fn=lambda texts: fraction_of_c(None, texts),
+                                eval_fn=lambda model: {"eval/called": 1.0}, eval_every=5, progress=False)
+
+    history = run()
+    gold = [row["gold/reward"] for row in history]
+    assert sum(gold[-3:]) / 3 > sum(gold[:3]) / 3 + 0.3, gold  # starts near 1/16
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected", "judge/margin", "gold/margin", "gold/label_agreement", "pairs"):
+        assert key in history[0], key
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # first step: policy == reference
+    assert history[0]["gold/label_agreement"] == 1.0  # the judge is the gold reward here
+    assert [i for i, row in enumerate(history) if "eval/called" in row] == [4, 9, 11]
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, ref_state[name]), f"reference changed: {name}"
+    assert run() == history  # same seed, same numbers (CPU)
+
+    # the policy's own samples moved; samples of the reference (what offline pairs are) fell behind by nats
+    offline = generate(reference, tokenizer, PROMPTS, max_new_tokens=6, seed=99, progress=False, return_ids=True)
+    assert abs(distribution_shift(reference, tokenizer, PROMPTS, offline, max_new_tokens=6, seed=5)["gap"]) < 0.5
+    assert distribution_shift(policy, tokenizer, PROMPTS, offline, max_new_tokens=6, seed=5)["gap"] > 3.0
+
+
+def test_bad_input_raises(tokenizer, policy):
+    with pytest.raises(ValueError, match="same object"):
+        train_online_dpo(policy, policy, tokenizer, PROMPTS, fraction_of_c, OnlineDPOConfig(prompts_per_round=4))
+    with pytest.raises(ValueError, match="prompts_per_round"):
+        train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS[:2], fraction_of_c, OnlineDPOConfig())
+    wrong_shape = lambda prompts, texts: torch.zeros(len(texts) + 1)
+    with pytest.raises(ValueError, match="round 0: judge must return"):
+        train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, wrong_shape,
+                         OnlineDPOConfig(rounds=1, prompts_per_round=2, max_new_tokens=2), progress=False)
+
+
+# ----------------------------------------------------------------------------- distribution shift
+def test_mean_logprob_matches_hand_computation(word_tokenizer, bigram_lm):
+    """With the bigram LM, log p(token | prefix) = log_softmax(table[previous token])[token]."""
+    logp = torch.log_softmax(bigram_lm.table.detach(), -1)
+    prompts, completions = ["a", "b a"], ["c b", "c"]
+    # row 0: "a" -> c, c -> b, b -> EOS (3 tokens); row 1: a -> c, c -> EOS (2 tokens)
+    row0 = logp[2, 4] + logp[4, 3] + logp[3, 0]
+    row1 = logp[2, 4] + logp[4, 0]
+    sums = mean_logprob(bigram_lm, word_tokenizer, prompts, completions, per_token=False)
+    means = mean_logprob(bigram_lm, word_tokenizer, prompts, completions, per_token=True)
+    assert sums == pytest.approx(((row0 + row1) / 2).item(), abs=1e-5)
+    assert means == pytest.approx(((row0 / 3 + row1 / 2) / 2).item(), abs=1e-5)
+
+
+def test_distribution_shift_is_zero_on_the_policys_own_samples(tokenizer, policy):
+    own = generate(policy, tokenizer, PROMPTS, max_new_tokens=5, seed=3, progress=False, return_ids=True)
+    shift = distribution_shift(policy, tokenizer, PROMPTS, own, max_new_tokens=5, seed=3)
+    assert shift["gap"] == 0.0 and shift["offline"] == shift["on_policy"] < 0
+    other = distribution_shift(policy, tokenizer, PROMPTS, ["c c c"] * len(PROMPTS), max_new_tokens=5, seed=3)
+    assert other["on_policy"] == shift["on_policy"]  # same fresh samples, different fixed set
+    assert other["gap"] == pytest.approx(other["on_policy"] - other["offline"])
