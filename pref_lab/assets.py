@@ -41,6 +41,7 @@ from .pretrain import bigram_perplexity, pretrain, stream_perplexity, token_stre
 from .reward_model import evaluate_pairs, init_reward_model, train_reward_model
 from .sft import (
     REVIEW_INSTRUCTIONS,
+    balance_tasks,
     build_sft_examples,
     evaluate_sft_loss,
     first_sentences,
@@ -59,12 +60,12 @@ RECIPES = {
         "seed": 0,
         "tokenizer": {"vocab_size": 4096},
         "base": {"n_layer": 4, "n_embd": 160, "n_head": 4, "block_size": 128, "batch_size": 32,
-                 "steps": 1000, "lr": 2e-3, "eval_every": 250},
+                 "steps": 1400, "lr": 2e-3, "eval_every": 350},
         "judges": {"min_count": 3, "l2_grid": [3e-4, 1e-4, 3e-5, 1e-5, 3e-6], "task_reviews_per_plot": 3},
-        "sft": {"steps": 300, "batch_size": 32, "lr": 5e-4, "eval_every": 50, "eval_prompts_per_task": 100,
+        "sft": {"steps": 400, "batch_size": 32, "lr": 5e-4, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
-        "preferences": {"completions_per_prompt": 4, "max_new_tokens": 64, "temperature": 1.0},
-        "rm": {"steps": 250, "batch_size": 32, "lr": 1e-4, "center_coef": 0.01, "eval_every": 50},
+        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0},
+        "rm": {"steps": 500, "batch_size": 32, "lr": 1e-4, "center_coef": 0.01, "eval_every": 100},
     },
     # The same chain at toy sizes: every stage runs end to end in seconds (used by the tests).
     "mini": {
@@ -223,8 +224,8 @@ def stage_sft(out: Path, recipe: dict, progress: bool) -> None:
     val, _ = build_sft_examples(corpus_rows(out, "val"), tokenizer, seed)
     base = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
     model = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
-    history = train_sft(model, tokenizer, train, val, steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"],
-                        seed=seed, eval_every=r["eval_every"], progress=progress)
+    history = train_sft(model, tokenizer, balance_tasks(train, seed), val, steps=r["steps"], batch_size=r["batch_size"],
+                        lr=r["lr"], seed=seed, eval_every=r["eval_every"], progress=progress)
     save_model(model, out / "models" / "sft", tokenizer)
     (out / "models" / "sft" / "history.json").write_text(json.dumps(history))
     task_judge = BagOfWordsJudge.load(out / "judges" / "task")

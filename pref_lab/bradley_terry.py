@@ -65,6 +65,26 @@ def bt_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, reduction: str = "
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def plackett_luce_nll(scores: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+    """Listwise (Plackett–Luce) negative log-likelihood of a full ranking.
+
+    scores: (K,) item scores; ranking: (K,) item indices, best first. The ranking is built by
+    picking the best of the remaining items with probability softmax over what remains:
+
+        -log P(ranking) = -sum_{k=1..K} [ r_{pi(k)} - logsumexp_{j >= k} r_{pi(j)} ]
+
+    With K = 2 this is exactly the Bradley–Terry loss -log sigmoid(r_winner - r_loser).
+    """
+    if scores.ndim != 1 or ranking.shape != scores.shape:
+        raise ValueError(f"scores and ranking must both have shape (K,), got {tuple(scores.shape)} and {tuple(ranking.shape)}")
+    if sorted(ranking.tolist()) != list(range(len(scores))):
+        raise ValueError(f"ranking must be a permutation of 0..{len(scores) - 1}, got {ranking.tolist()}")
+    ordered = scores[ranking]
+    # logcumsumexp from the end: entry k = logsumexp of the items still available at step k
+    remaining = torch.logcumsumexp(ordered.flip(0), dim=0).flip(0)
+    return -(ordered - remaining).sum()
+
+
 def check_games(winners: torch.Tensor, losers: torch.Tensor, n_players: int) -> None:
     """Raise ValueError unless ``winners``/``losers`` are equal-length 1-D integer tensors of valid,
     distinct player indices in [0, n_players)."""

@@ -35,7 +35,7 @@ Results JSON (schema ``pref_lab.frontier/1``), written under ``data/results/``::
       "knob": "kl_coef" | "beta" | "n", "value": float,   # the swept setting
       "seed": int,
       "settings": {...},          # every hyper-parameter of this run (e.g. the PPOConfig as a dict)
-      "curve": [POINT, ...],      # step 0 (= the SFT point) then every eval_every steps and the last step
+      "curve": [POINT, ...],      # step 0 (= the SFT point), then every config[method]["eval_every"] steps and the last
       "final": POINT,             # the last point of the curve
       "history": [{...}, ...],    # the training log (pref_lab's metric names), every history_every-th row + the last
       "history_every": int,
@@ -68,6 +68,7 @@ import json
 import math
 import multiprocessing
 import platform
+import random
 import resource
 import sys
 import time
@@ -84,14 +85,15 @@ from .data import read_jsonl, validate_records
 from .dpo import train_dpo
 from .judge import load_gold_judge
 from .logprobs import sequence_logprobs, tokenize_completions
-from .models import generate, load_model, load_tokenizer
+from .models import format_prompt, generate, load_model, load_tokenizer
 from .online import OnlineDPOConfig, gold_judge, reward_model_judge, train_online_dpo
 from .ppo import PPOConfig, make_value_model, train_ppo
 from .reward_model import load_reward_model, score_texts
 from .rlhf import best_of_n, best_of_n_kl
-from .sft import instruction_prompts
+from .sft import REVIEW_INSTRUCTIONS
 
 SCHEMA = "pref_lab.frontier/1"
+EVAL_BATCH_SIZE = 64  # sampling batch of evaluations and best-of-n (the same batches give the same samples for a seed)
 METHODS = ("ppo", "dpo", "online_dpo", "best_of_n")
 POINT_KEYS = ("step", "gold_reward", "gold_reward_sem", "kl", "kl_sem", "kl_kind", "rm_score", "eos_rate", "length",
               "train_seconds", "samples_generated")
@@ -107,22 +109,24 @@ TOP_KEYS = ("schema", "config_name", "config", "seed", "assets", "environment", 
 CONFIGS = {
     "tiny": {
         "seed": 0, "max_new_tokens": 6,
-        "eval": {"prompts": 4, "every": 2, "seed": 1234},
+        "eval": {"prompts": 4, "seed": 1234},
         "ppo": {"kl_coefs": [0.01, 0.05, 0.1, 0.5], "steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1,
-                "lr": 1e-4, "missing_eos_penalty": None},
-        "dpo": {"betas": [0.05, 0.1, 0.3, 1.0], "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": True},
+                "lr": 1e-4, "missing_eos_penalty": None, "eval_every": 2},
+        "dpo": {"betas": [0.05, 0.1, 0.3, 1.0], "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": True,
+                "eval_every": 2},
         "online_dpo": {"betas": [0.1, 0.3], "rounds": 2, "prompts_per_round": 4, "completions_per_prompt": 2,
-                       "minibatch_size": 4, "lr": 1e-4, "judge": "reward_model"},
+                       "minibatch_size": 4, "lr": 1e-4, "judge": "reward_model", "eval_every": 2},
         "best_of_n": {"ns": [1, 2, 4]},
     },
     "full": {
         "seed": 0, "max_new_tokens": 48,
-        "eval": {"prompts": 128, "every": 20, "seed": 1234},
-        "ppo": {"kl_coefs": [0.01, 0.03, 0.1, 0.3], "steps": 60, "batch_size": 32, "minibatch_size": 8, "ppo_epochs": 4,
-                "lr": 3e-5, "missing_eos_penalty": None},
-        "dpo": {"betas": [0.03, 0.1, 0.3, 1.0], "steps": 120, "batch_size": 32, "lr": 3e-5, "precompute_ref_logps": False},
+        "eval": {"prompts": 256, "seed": 1234},
+        "ppo": {"kl_coefs": [0.01, 0.03, 0.1, 0.3], "steps": 40, "batch_size": 32, "minibatch_size": 8, "ppo_epochs": 4,
+                "lr": 3e-5, "missing_eos_penalty": None, "eval_every": 8},
+        "dpo": {"betas": [0.03, 0.1, 0.3, 1.0], "steps": 100, "batch_size": 32, "lr": 1e-4, "precompute_ref_logps": False,
+                "eval_every": 20},
         "online_dpo": {"betas": [0.1, 0.3], "rounds": 60, "prompts_per_round": 32, "completions_per_prompt": 2,
-                       "minibatch_size": 32, "lr": 3e-5, "judge": "reward_model"},
+                       "minibatch_size": 32, "lr": 1e-4, "judge": "reward_model", "eval_every": 12},
         "best_of_n": {"ns": [1, 2, 4, 8, 16, 32]},
     },
 }
@@ -150,9 +154,13 @@ def unique_prompts(pairs: Sequence[dict]) -> list[str]:
 
 
 def heldout_review_prompts(corpus_rows: Sequence[dict], tokenizer, n: int, seed: int = 0) -> list[str]:
-    """``n`` chat-formatted review instructions for distinct test-split movies (fewer if there are fewer movies)."""
-    rows = [r for r in corpus_rows if r["split"] == "test"]
-    return [p["prompt"] for p in instruction_prompts(rows, tokenizer, n, seed) if p["task"] == "review"]
+    """``n`` chat-formatted review instructions (every template of :data:`pref_lab.sft.REVIEW_INSTRUCTIONS` for
+    every test-split movie, in a seeded random order; fewer if there are fewer): the prompts of
+    ``preferences/test.jsonl``, made from the corpus so they do not depend on which samples were kept there."""
+    movies = sorted({r["movie_title"] for r in corpus_rows if r["split"] == "test"})
+    prompts = [format_prompt(tokenizer, template.format(title=title)) for title in movies for template in REVIEW_INSTRUCTIONS]
+    random.Random(seed).shuffle(prompts)
+    return prompts[:n]
 
 
 def load_world(assets: str | Path, n_eval_prompts: int, seed: int = 0, device: str | torch.device | None = None) -> World:
@@ -177,7 +185,7 @@ def _mean_sem(x: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate_policy(policy, reference, world: World, max_new_tokens: int, seed: int, batch_size: int = 64) -> dict:
+def evaluate_policy(policy, reference, world: World, max_new_tokens: int, seed: int, batch_size: int = EVAL_BATCH_SIZE) -> dict:
     """Gold reward and sequence KL of one temperature-1 sample per held-out prompt (see the module docstring).
 
     Returns ``gold_reward``, ``kl`` (each with its standard error ``*_sem`` over prompts), ``rm_score`` (the
@@ -284,17 +292,18 @@ def _curve_from_history(history: list[dict], step_key: str, sft_point: dict) -> 
 def run_ppo(world: World, kl_coef: float, config: dict, sft_point: dict, progress: bool = False) -> dict:
     """PPO against the reward model, value model initialised from it; reference = the SFT model."""
     meter = _Meter(world, config)
-    settings = {k: v for k, v in config["ppo"].items() if k != "kl_coefs"}
+    settings = {k: v for k, v in config["ppo"].items() if k not in ("kl_coefs", "eval_every")}
     ppo_config = PPOConfig(**settings, kl_coef=kl_coef, max_new_tokens=config["max_new_tokens"], seed=config["seed"])
     policy, value_model = _fresh_policy(world), make_value_model(world.reward_model)
     reward_fn = _Counted(lambda prompts, ids: score_texts(world.reward_model, world.tokenizer, prompts, ids))
     history = train_ppo(policy, world.sft, value_model, world.tokenizer, world.train_prompts, reward_fn, ppo_config,
-                        eval_fn=lambda model: {"eval/point": meter.point(model, -1)}, eval_every=config["eval"]["every"],
+                        eval_fn=lambda model: {"eval/point": meter.point(model, -1)}, eval_every=config["ppo"]["eval_every"],
                         extra_metrics_fn=lambda prompts, texts: _count_samples(meter, texts), progress=progress)
     curve = _curve_from_history(history, "step", sft_point)
     models = {"policy": policy, "reference": world.sft, "reward_model": world.reward_model, "value_model": value_model}
     cost = meter.cost(models, [policy, value_model], reward_model_calls=reward_fn.calls)
-    return _run_record("ppo", "kl_coef", kl_coef, config["seed"], asdict(ppo_config), curve, history, cost)
+    settings = {**asdict(ppo_config), "eval_every": config["ppo"]["eval_every"]}
+    return _run_record("ppo", "kl_coef", kl_coef, config["seed"], settings, curve, history, cost)
 
 
 def _count_samples(meter: _Meter, texts: list[str]) -> dict:
@@ -307,7 +316,7 @@ def run_dpo(world: World, beta: float, config: dict, sft_point: dict, progress: 
     meter = _Meter(world, config)
     settings = {k: v for k, v in config["dpo"].items() if k != "betas"}
     policy, curve = _fresh_policy(world), [dict(sft_point)]
-    steps, every = settings["steps"], config["eval"]["every"]
+    steps, every = settings.pop("steps"), settings.pop("eval_every")
 
     def evaluate(record):
         if record["step"] % every == 0 or record["step"] == steps:
@@ -319,14 +328,14 @@ def run_dpo(world: World, beta: float, config: dict, sft_point: dict, progress: 
                         precompute_ref_logps=settings["precompute_ref_logps"])
     cost = meter.cost({"policy": policy, "reference": world.sft}, [policy],
                       pairs_seen=steps * min(settings["batch_size"], len(world.train_pairs)))
-    settings = {**settings, "beta": beta, "pairs_in_dataset": len(world.train_pairs)}
+    settings = {**settings, "steps": steps, "eval_every": every, "beta": beta, "pairs_in_dataset": len(world.train_pairs)}
     return _run_record("dpo", "beta", beta, config["seed"], settings, curve, history, cost)
 
 
 def run_online_dpo(world: World, beta: float, config: dict, sft_point: dict, progress: bool = False) -> dict:
     """Online DPO: fresh pairs from the current policy each round, labeled by the RM (or the gold judge)."""
     meter = _Meter(world, config)
-    settings = {k: v for k, v in config["online_dpo"].items() if k not in ("betas", "judge")}
+    settings = {k: v for k, v in config["online_dpo"].items() if k not in ("betas", "judge", "eval_every")}
     judge_name = config["online_dpo"].get("judge", "reward_model")
     if judge_name not in ("reward_model", "gold"):
         raise ValueError(f"online_dpo judge must be 'reward_model' or 'gold', got {judge_name!r}")
@@ -340,7 +349,7 @@ def run_online_dpo(world: World, beta: float, config: dict, sft_point: dict, pro
         return {"eval/point": meter.point(model, -1)}
 
     history = train_online_dpo(policy, world.sft, world.tokenizer, world.train_prompts, judge, online_config,
-                               eval_fn=evaluate, eval_every=config["eval"]["every"], progress=progress)
+                               eval_fn=evaluate, eval_every=config["online_dpo"]["eval_every"], progress=progress)
     meter.samples_generated = judge.calls
     curve = _curve_from_history(history, "round", sft_point)
     models = {"policy": policy, "reference": world.sft}
@@ -349,8 +358,8 @@ def run_online_dpo(world: World, beta: float, config: dict, sft_point: dict, pro
     cost = meter.cost(models, [policy], reward_model_calls=judge.calls if judge_name == "reward_model" else 0,
                       gold_judge_calls=judge.calls if judge_name == "gold" else 0,
                       pairs_seen=sum(r.get("pairs", 0) for r in history) * online_config.epochs)
-    return _run_record("online_dpo", "beta", beta, config["seed"], {**asdict(online_config), "judge": judge_name},
-                       curve, history, cost)
+    settings = {**asdict(online_config), "judge": judge_name, "eval_every": config["online_dpo"]["eval_every"]}
+    return _run_record("online_dpo", "beta", beta, config["seed"], settings, curve, history, cost)
 
 
 @torch.no_grad()
@@ -369,8 +378,10 @@ def run_best_of_n(world: World, config: dict, sft_point: dict) -> list[dict]:
     runs = []
     for n in ns:
         extra = n - len(ids[0])  # samples per prompt still missing for this n
+        # the first chunk uses the evaluation's seed, so best-of-1 is exactly the SFT point's samples
         new = generate(world.sft, tokenizer, [p for p in prompts for _ in range(extra)], max_new_tokens=config["max_new_tokens"],
-                       temperature=1.0, seed=config["seed"] + n, progress=False, return_ids=True)
+                       temperature=1.0, seed=config["eval"]["seed"] + n - 1, batch_size=EVAL_BATCH_SIZE, progress=False,
+                       return_ids=True)
         new_scores = score_texts(world.reward_model, tokenizer, [p for p in prompts for _ in range(extra)], new)
         for i in range(len(prompts)):
             ids[i] += new[i * extra:(i + 1) * extra]
@@ -388,7 +399,7 @@ def run_best_of_n(world: World, config: dict, sft_point: dict) -> list[dict]:
         cost = meter.cost({"policy": world.sft, "reward_model": world.reward_model}, [],
                           reward_model_calls=len(prompts) * n)
         settings = {"n": n, "temperature": 1.0, "selection": "argmax reward-model score (first on ties)",
-                    "prompts": "eval prompts", "sample_seed": "seed + n for the samples added at each n (nested pool)"}
+                    "prompts": "eval prompts", "sample_seed": "eval seed + n - 1 for the samples added at each n (nested pool)"}
         runs.append(_run_record("best_of_n", "n", n, config["seed"], settings, [dict(sft_point), point], [], cost))
     return runs
 

@@ -15,8 +15,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from .config import data_path, get_device
+
+# Our checkpoints load in milliseconds: transformers' per-file "Loading weights" bars are only noise in notebooks.
+hf_logging.disable_progress_bar()
 
 EOS, PAD, USER, ASSISTANT = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"
 SPECIAL_TOKENS = [EOS, PAD, USER, ASSISTANT]
@@ -159,6 +163,10 @@ def generate(
     for start in tqdm(batches, desc="sampling", disable=not progress or len(batches) < 2):
         batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
                           add_special_tokens=False).to(device)
+        verbosity = hf_logging.get_verbosity()
+        # generate() warns about a missing attention_mask from inside its own decoding loop although we pass one
+        # (the sampled log-probs match a masked forward pass; tests/test_ppo.py checks it): keep notebooks clean.
+        hf_logging.set_verbosity_error()
         out = model.generate(
             **batch,
             do_sample=True,
@@ -169,6 +177,7 @@ def generate(
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
+        hf_logging.set_verbosity(verbosity)
         completions = out[:, batch["input_ids"].shape[1]:].cpu()
         for row in completions:
             ends = (row == tokenizer.eos_token_id).nonzero()

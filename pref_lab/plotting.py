@@ -38,23 +38,24 @@ def use_course_style() -> None:
 def draw_course_map(ax=None):
     """The course's pipeline as boxes and arrows: pretrain -> SFT -> RM -> PPO, and SFT -> DPO."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(11, 3.2))
+        _, ax = plt.subplots(figsize=(12, 3.4))
     boxes = {  # name: (x, y, label, notebooks)
-        "pre": (0.07, 0.5, "pretrained\nbase model", "00"),
-        "sft": (0.27, 0.5, "SFT\n(instruction tuning)", "01–02"),
-        "pref": (0.47, 0.82, "preference pairs\n(BT-labelled)", "03"),
-        "rm": (0.67, 0.82, "reward model", "04"),
-        "ppo": (0.89, 0.82, "RLHF with PPO", "05–06"),
-        "dpo": (0.89, 0.18, "DPO / online DPO", "07–12"),
+        "pre": (0.06, 0.5, "pretrained\nbase model", "00"),
+        "sft": (0.25, 0.5, "SFT\n(instruction tuning)", "01–02"),
+        "pref": (0.47, 0.85, "preference pairs\n(Bradley–Terry)", "03"),
+        "rm": (0.68, 0.85, "reward model", "04"),
+        "ppo": (0.90, 0.85, "RLHF with PPO", "05–06"),
+        "dpo": (0.68, 0.15, "DPO, implicit reward,\nonline DPO, beyond", "07–12"),
     }
-    for x, y, label, nbs in boxes.values():
-        ax.text(x, y, f"{label}\n[nb {nbs}]", ha="center", va="center", fontsize=11,
-                bbox=dict(boxstyle="round,pad=0.5", fc="#eef3fb", ec="#1f77b4"))
+    artists = {}
+    for name, (x, y, label, nbs) in boxes.items():
+        artists[name] = ax.text(x, y, f"{label}\n[nb {nbs}]", ha="center", va="center", fontsize=11,
+                                bbox=dict(boxstyle="round,pad=0.5", fc="#eef3fb", ec="#1f77b4"))
     arrows = [("pre", "sft"), ("sft", "pref"), ("pref", "rm"), ("rm", "ppo"), ("pref", "dpo"), ("sft", "dpo")]
-    for a, b in arrows:
-        (x0, y0, *_), (x1, y1, *_) = boxes[a], boxes[b]
-        ax.annotate("", xy=(x1 - 0.075, y1), xytext=(x0 + 0.075, y0),
-                    arrowprops=dict(arrowstyle="->", lw=1.8, color="#555"))
+    for a, b in arrows:  # arrows run between the boxes' edges (coordinates relative to each text box)
+        ax.annotate("", xy=(0.5, 0.5), xycoords=artists[b], xytext=(0.5, 0.5), textcoords=artists[a],
+                    arrowprops=dict(arrowstyle="-|>", lw=1.8, color="#555", shrinkA=0, shrinkB=0,
+                                    patchA=artists[a].get_bbox_patch(), patchB=artists[b].get_bbox_patch()))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")

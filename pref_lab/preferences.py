@@ -18,12 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .bradley_terry import bayes_ceiling  # noqa: F401  (re-exported: the ceiling of these labels)
 from .data import validate_record
-
-
-def bayes_ceiling(p_first: torch.Tensor) -> float:
-    """E[max(p, 1-p)]: the accuracy of always predicting the more likely label."""
-    return torch.maximum(p_first, 1 - p_first).mean().item()
 
 
 def make_pairs(prompt: str, completions: Sequence[str], gold: torch.Tensor, generator: torch.Generator,

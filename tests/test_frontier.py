@@ -107,14 +107,14 @@ def test_curves_start_at_the_sft_point_and_are_evaluated_on_schedule(tiny_result
     results, _, _ = tiny_results
     sft = results["sft"]
     assert sft["kl"] == 0.0 and sft["step"] == 0 and sft["samples_generated"] == 0  # the SFT model vs itself
-    every = CONFIGS["tiny"]["eval"]["every"]
-    last = {"ppo": CONFIGS["tiny"]["ppo"]["steps"], "dpo": CONFIGS["tiny"]["dpo"]["steps"],
-            "online_dpo": CONFIGS["tiny"]["online_dpo"]["rounds"]}
+    config = CONFIGS["tiny"]
+    last = {"ppo": config["ppo"]["steps"], "dpo": config["dpo"]["steps"], "online_dpo": config["online_dpo"]["rounds"]}
     for run in results["runs"]:
         assert run["curve"][0] == sft and run["final"] == run["curve"][-1]
         if run["method"] in last:
-            steps = [p["step"] for p in run["curve"]]
+            steps, every = [p["step"] for p in run["curve"]], config[run["method"]]["eval_every"]
             assert steps == sorted(set(list(range(0, last[run["method"]], every)) + [last[run["method"]]])), run["name"]
+            assert run["settings"]["eval_every"] == every
             assert all(p["kl_kind"] == "sampled" for p in run["curve"])
             assert run["cost"]["eval_samples"] == 4 * (len(steps) - 1)  # one sample per eval prompt per evaluation
 
@@ -148,17 +148,19 @@ def test_costs_count_what_each_method_used(tiny_results):
 
 
 def test_best_of_one_is_a_plain_sft_sample(tiny_results, world_dir):
-    """n = 1 keeps the only sample: its gold reward is the SFT sample's, recomputed here independently."""
+    """n = 1 keeps the only sample: its gold reward is the SFT samples', recomputed here independently (and, with
+    the evaluation's seed, the SFT point's)."""
     results, _, _ = tiny_results
     tokenizer = load_tokenizer(world_dir / "tokenizer")
     sft = load_model(world_dir / "models" / "sft", "cpu")
     corpus = [json.loads(line) for line in (world_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
     prompts = heldout_review_prompts(corpus, tokenizer, CONFIGS["tiny"]["eval"]["prompts"], CONFIGS["tiny"]["seed"])
     texts = generate(sft, tokenizer, prompts, max_new_tokens=CONFIGS["tiny"]["max_new_tokens"],
-                     seed=CONFIGS["tiny"]["seed"] + 1, progress=False)
+                     seed=CONFIGS["tiny"]["eval"]["seed"], progress=False)
     gold = GoldJudge.load(world_dir / "judges" / "gold").gold_reward(texts).mean().item()
     best_of_one = next(r for r in results["runs"] if r["name"] == "best_of_n/n=1")
     assert best_of_one["final"]["gold_reward"] == pytest.approx(gold, abs=1e-6)
+    assert best_of_one["final"]["gold_reward"] == results["sft"]["gold_reward"]
 
 
 def test_a_run_gives_the_same_numbers_alone_as_in_the_grid(tiny_results, world_dir, tmp_path):
@@ -179,8 +181,8 @@ def test_bad_overrides_and_broken_results_raise(tiny_results):
         script.apply_override(config, "ppo.stepz=3")
     with pytest.raises(ValueError, match="key=value"):
         script.apply_override(config, "ppo.steps")
-    script.apply_override(config, "eval.every=5")
-    assert config["eval"]["every"] == 5
+    script.apply_override(config, "ppo.eval_every=5")
+    assert config["ppo"]["eval_every"] == 5
     broken = copy.deepcopy(tiny_results[0])
     del broken["runs"][0]["cost"]["reward_model_calls"]
     with pytest.raises(ValueError, match="cost.reward_model_calls"):

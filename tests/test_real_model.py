@@ -13,6 +13,15 @@ from pref_lab.logprobs import sequence_logprobs, tokenize_completions
 PROMPT = "The capital of France is"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine, 2 threads next to another busy process run ~8x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """Loaded once per session: from data/cache/ when present (~1 s), else converted from the wheel (~30 s, once)."""
