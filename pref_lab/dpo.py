@@ -32,6 +32,11 @@ from tqdm.auto import tqdm
 from .config import get_device, seed_everything
 from .logprobs import sequence_logprobs, tokenize_completions
 
+# A preference loss other than DPO's (notebook 12): per-pair losses (P,) from the batch's quantities,
+#   loss_fn(pi_logps (B,), ref_logps (B,), yw_ids (P,), yl_ids (P,), lengths (B,)) -> losses (P,),
+# where lengths are the completion token counts (EOS included), for length-normalised losses such as SimPO.
+PairLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def dpo_loss(
     pi_logits: torch.Tensor,
@@ -197,7 +202,7 @@ def _pair_batches(n_pairs: int, batch_size: int, generator: torch.Generator):
 
 
 def _dpo_step_quantities(policy, reference, tokenizer, prompts, chosen, rejected, beta, device,
-                         ref_chosen=None, ref_rejected=None, max_length=128):
+                         ref_chosen=None, ref_rejected=None, max_length=128, loss_fn: PairLossFn | None = None):
     """Forward both models on one batch of pairs; returns (losses, rewards, pi_logps, yw_ids, yl_ids)."""
     batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts, chosen, rejected, max_length)
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -209,13 +214,22 @@ def _dpo_step_quantities(policy, reference, tokenizer, prompts, chosen, rejected
         with torch.no_grad():
             ref_logps = sequence_logprobs(reference, **batch)
     losses, rewards = dpo_loss(pi_logps, ref_logps, yw_ids, yl_ids, beta)
+    if loss_fn is not None:  # another loss; the logged rewards stay DPO's implicit rewards (as in TRL)
+        losses = loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, batch["completion_mask"].sum(-1))
+        if losses.shape != yw_ids.shape:
+            raise ValueError(f"loss_fn returned shape {tuple(losses.shape)}; expected one loss per pair, "
+                             f"{tuple(yw_ids.shape)} (do not take the mean inside loss_fn)")
     return losses, rewards, pi_logps, yw_ids, yl_ids
 
 
 @torch.no_grad()
 def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size: int = 64,
-                 device: str | torch.device | None = None, max_length: int = 128) -> dict[str, float]:
-    """DPO metrics on a whole dataset (means over all its pairs), policy in eval mode."""
+                 device: str | torch.device | None = None, max_length: int = 128,
+                 loss_fn: PairLossFn | None = None) -> dict[str, float]:
+    """DPO metrics on a whole dataset (means over all its pairs), policy in eval mode.
+
+    ``loss`` is ``loss_fn``'s (default: DPO's); the ``rewards/*`` are always DPO's implicit rewards.
+    """
     device = get_device(device)
     was_training = policy.training
     policy.eval()
@@ -224,7 +238,7 @@ def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size:
     for start in range(0, len(prompts), batch_size):
         sl = slice(start, start + batch_size)
         quantities = _dpo_step_quantities(policy, reference, tokenizer, prompts[sl], chosen[sl], rejected[sl],
-                                          beta, device, max_length=max_length)
+                                          beta, device, max_length=max_length, loss_fn=loss_fn)
         n = len(prompts[sl])
         for key, value in dpo_metrics(*quantities).items():
             totals[key] = totals.get(key, 0.0) + value * n  # weight by batch size: a mean over all pairs
@@ -250,6 +264,7 @@ def train_dpo(
     precompute_ref_logps: bool = False,
     max_grad_norm: float = 1.0,
     max_length: int = 128,
+    loss_fn: PairLossFn | None = None,
 ) -> list[dict]:
     """Train ``policy`` with the DPO loss against a frozen ``reference``; returns the history.
 
@@ -261,6 +276,9 @@ def train_dpo(
     ``dataset``: a ``datasets.Dataset`` or a list of dicts with text columns ``prompt`` (already
     chat-formatted), ``chosen`` and ``rejected`` (plain completions; EOS is appended).
     ``precompute_ref_logps=True`` computes log pi_ref for the whole dataset once, before training.
+    ``loss_fn`` swaps in another per-pair loss (IPO, hinge, SimPO, ... from :mod:`pref_lab.losses`), called as
+    ``loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, lengths) -> (P,)`` on the same batch (see :data:`PairLossFn`);
+    ``beta`` then only scales the logged implicit rewards. Default: DPO's loss.
 
     History: one dict per step, ``{"step", "loss", "rewards/chosen", "rewards/rejected",
     "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"}`` (batch means); when
@@ -296,7 +314,7 @@ def train_dpo(
     eval_metrics = {}
     if eval_dataset is not None:
         eval_metrics = evaluate_dpo(policy, reference, tokenizer, eval_dataset, beta, device=device,
-                                    max_length=max_length)
+                                    max_length=max_length, loss_fn=loss_fn)
         history.append({"step": 0, **{f"eval_{k}": v for k, v in eval_metrics.items()}})
     for step in bar:
         policy.train()
@@ -306,7 +324,7 @@ def train_dpo(
             [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx], beta, device,
             ref_chosen=None if ref_chosen is None else ref_chosen[idx],
             ref_rejected=None if ref_rejected is None else ref_rejected[idx],
-            max_length=max_length,
+            max_length=max_length, loss_fn=loss_fn,
         )
         loss = losses.mean()
         if not torch.isfinite(loss):
@@ -320,7 +338,7 @@ def train_dpo(
         record = {"step": step, **dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids)}
         if eval_dataset is not None and (step % eval_every == 0 or step == steps):
             eval_metrics = evaluate_dpo(policy, reference, tokenizer, eval_dataset, beta, device=device,
-                                        max_length=max_length)
+                                        max_length=max_length, loss_fn=loss_fn)
             record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['rewards/margins']:.3f}")

@@ -17,7 +17,7 @@ reference-free scores of a completion with per-token log-probs l_t = log pi(y_t 
     avg:   (1/|y|) sum_t l_t         (length-normalised)
     norm:  -|| (l_1, ..., l_|y|) ||_2   (minus the Euclidean norm of the per-token log-probs)
 
-(:func:`logprob_scores`). The benchmark itself is built from the world by :func:`build_rewardbench`
+(:func:`reference_free_scores`). The benchmark itself is built from the world by :func:`build_rewardbench`
 (``scripts/build_rewardbench.py`` writes ``data/rewardbench/``), with answers known by construction.
 """
 
@@ -162,6 +162,12 @@ def evaluate_reward_model(score_fn: Callable[[list[str], list[str]], torch.Tenso
     """Score a benchmark with ``score_fn(prompts, completions) -> (N,)`` (called once, on the 2P rows of
     :func:`benchmark_rows`) and report it the RewardBench way (:func:`results_from_scores`)."""
     return results_from_scores(records, score_fn(*benchmark_rows(records)), sections)
+
+
+def sample_pairs(records: Sequence[Mapping], n: int, seed: int = 0) -> list[dict]:
+    """A seeded sample of ``n`` pairs (all of them, shuffled, if there are fewer), as new dicts: the held-out subset
+    that notebook 09 and ``scripts/dpo_beta_sweep.py`` both score, so their numbers can be compared."""
+    return [dict(r) for r in random.Random(seed).sample(list(records), min(n, len(records)))]
 
 
 # ----------------------------------------------------------------------------- the shipped benchmark

@@ -105,7 +105,7 @@ TOP_KEYS = ("schema", "config_name", "config", "seed", "assets", "environment", 
             "data", "sft", "runs")
 
 # The grids. "max_new_tokens" is shared by training rollouts and evaluation, so every method writes text of the
-# same length limit. "full" was sized from timings on the shipped assets (see scripts/frontier.py).
+# same length limit. "full" was sized from short timings on the shipped assets (numbers in scripts/frontier.py).
 CONFIGS = {
     "tiny": {
         "seed": 0, "max_new_tokens": 6,
@@ -126,7 +126,7 @@ CONFIGS = {
         "dpo": {"betas": [0.03, 0.1, 0.3, 1.0], "steps": 100, "batch_size": 32, "lr": 1e-4, "precompute_ref_logps": False,
                 "eval_every": 20},
         "online_dpo": {"betas": [0.1, 0.3], "rounds": 60, "prompts_per_round": 32, "completions_per_prompt": 2,
-                       "minibatch_size": 32, "lr": 1e-4, "judge": "reward_model", "eval_every": 12},
+                       "minibatch_size": 32, "lr": 5e-5, "judge": "reward_model", "eval_every": 12},
         "best_of_n": {"ns": [1, 2, 4, 8, 16, 32]},
     },
 }

@@ -63,6 +63,8 @@ class BagOfWordsJudge:
         return [self.labels[int(s > 0)] for s in self.score(texts)]
 
     def accuracy(self, texts: Sequence[str], labels: Sequence[str]) -> float:
+        if not labels:
+            raise ValueError("accuracy of an empty set of texts is undefined")
         return sum(p == y for p, y in zip(self.predict(texts), labels)) / len(labels)
 
     def top_features(self, k: int = 15) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:

@@ -123,7 +123,8 @@ def train_sft(model, tokenizer, train_examples: Sequence[Mapping], val_examples:
               eval_every: int = 50, progress: bool = True) -> dict:
     """Plain SFT loop: AdamW, linear warm-up then linear decay, gradient clipping at 1.
 
-    Returns ``{"step", "train_loss", "eval_step", "val_loss", "seconds"}``.
+    Returns ``{"step", "train_loss", "eval_step", "val_loss", "seconds"}``; validation starts at step 0
+    (before training) so the curve shows where SFT started from.
     """
     gen = seed_everything(seed)
     device = next(model.parameters()).device
@@ -132,6 +133,9 @@ def train_sft(model, tokenizer, train_examples: Sequence[Mapping], val_examples:
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": []}
     start = time.time()
+    if val_examples is not None:  # the starting point: the model before any SFT step
+        history["eval_step"].append(0)
+        history["val_loss"].append(evaluate_sft_loss(model, tokenizer, val_examples))
     bar = tqdm(range(steps), desc="SFT", disable=not progress)
     for step in bar:
         model.train()

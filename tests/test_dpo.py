@@ -315,3 +315,59 @@ def test_implicit_rewards_agree_with_dpo_rewards(tokenizer, pairs):
         _, rewards = dpo_loss(sequence_logprobs(policy, **batch), sequence_logprobs(reference, **batch), yw, yl, BETA)
     r_chosen = implicit_rewards(policy, reference, tokenizer, prompts, chosen, BETA, batch_size=2, device="cpu")
     torch.testing.assert_close(r_chosen, rewards[yw], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the loss_fn hook
+def test_loss_fn_hook_trains_with_another_loss(tokenizer):
+    data = toy_preferences(tokenizer)
+    reference = tiny_gpt2(tokenizer)
+    seen = {}
+
+    def hinge(pi_logps, ref_logps, yw_ids, yl_ids, lengths):
+        seen.setdefault("first call", (lengths.clone(), yw_ids.clone(), yl_ids.clone()))
+        logratios = pi_logps - ref_logps
+        return hinge_loss(logratios[yw_ids], logratios[yl_ids], BETA)
+
+    # batch_size = all 8 pairs: the first training batch holds every pair once (in a random order)
+    history = train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=30, batch_size=8,
+                        lr=3e-3, seed=0, device="cpu", eval_dataset=data, eval_every=30, loss_fn=hinge, progress=False)
+    # policy == reference at the start: h = 0, so the hinge loss is max(0, 1 - 0) = 1 (DPO's would be log 2)
+    assert history[0]["eval_loss"] == pytest.approx(1.0, abs=1e-6)
+    assert history[1]["loss"] == pytest.approx(1.0, abs=1e-6)
+    assert history[-1]["eval_rewards/accuracies"] == 1.0 and history[-1]["eval_rewards/margins"] > 1.0
+    # the first call is step 0's evaluation, in dataset order; lengths = completion tokens + EOS, rows [chosen, rejected]
+    lengths, yw_ids, yl_ids = seen["first call"]
+    n_tokens = [len(tokenizer(row[side], add_special_tokens=False)["input_ids"]) + 1
+                for side in ("chosen", "rejected") for row in data]
+    assert lengths.tolist() == n_tokens
+    assert yw_ids.tolist() == list(range(8)) and yl_ids.tolist() == list(range(8, 16))
+
+
+def test_default_loss_equals_dpo_through_the_hook(tokenizer):
+    data = toy_preferences(tokenizer)
+    reference = tiny_gpt2(tokenizer)
+
+    def dpo_via_hook(pi_logps, ref_logps, yw_ids, yl_ids, lengths):
+        logratios = pi_logps - ref_logps
+        return dpo_sigmoid_loss(logratios[yw_ids], logratios[yl_ids], BETA)
+
+    runs = [train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=4, batch_size=3, lr=3e-3,
+                      seed=0, device="cpu", progress=False, loss_fn=fn) for fn in (None, dpo_via_hook)]
+    for a, b in zip(*runs, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_ipo_through_the_hook_starts_at_its_closed_form_and_bad_shapes_raise(tokenizer):
+    data = toy_preferences(tokenizer)
+    reference = tiny_gpt2(tokenizer)
+
+    def ipo(pi_logps, ref_logps, yw_ids, yl_ids, lengths):
+        logratios = pi_logps - ref_logps
+        return ipo_loss(logratios[yw_ids], logratios[yl_ids], BETA)
+
+    history = train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=1, batch_size=4,
+                        lr=1e-3, seed=0, device="cpu", progress=False, loss_fn=ipo)
+    assert history[0]["loss"] == pytest.approx((1 / (2 * BETA)) ** 2, rel=1e-6)  # (0 - 1/(2 beta))^2 at h = 0
+    with pytest.raises(ValueError, match="one loss per pair"):
+        train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=1, batch_size=4, lr=1e-3,
+                  seed=0, device="cpu", progress=False, loss_fn=lambda *args: ipo(*args).mean())
