@@ -145,6 +145,23 @@ def test_head_reads_the_last_real_token_under_left_and_right_padding(tokenizer, 
     torch.testing.assert_close(hf, by_hand, atol=1e-5, rtol=1e-5)
 
 
+def test_evaluate_pairs_returns_rewards_in_input_order(tokenizer, pairs):
+    prompts, chosen, rejected = pairs
+    rm = tiny_rm(tokenizer)
+    records = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, chosen, rejected)]
+    result = evaluate_pairs(rm, tokenizer, records, batch_size=2)  # length-sorted batches inside
+    with torch.no_grad():
+        for i, x in enumerate(records):
+            one = tokenize_completions(tokenizer, [x["prompt"]] * 2, [x["chosen"], x["rejected"]])
+            r_c, r_r = reward_scores(rm, one["input_ids"], one["attention_mask"])
+            torch.testing.assert_close(result["chosen"][i], r_c, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(result["rejected"][i], r_r, atol=1e-5, rtol=1e-5)
+    assert result["accuracy"] == pytest.approx((result["chosen"] > result["rejected"]).float().mean().item())
+    assert result["loss"] == pytest.approx(pairwise_loss(result["chosen"], result["rejected"]).item())
+    with pytest.raises(ValueError, match="pairs is empty"):
+        evaluate_pairs(rm, tokenizer, [])
+
+
 def test_init_reward_model_keeps_the_sft_trunk(tokenizer, tmp_path):
     torch.manual_seed(0)
     sft = GPT2LMHeadModel(tiny_config(tokenizer))
