@@ -366,12 +366,14 @@ def build_rewardbench(corpus_rows: Sequence[Mapping], tokenizer, format_prompt: 
 SUBSET_DESCRIPTIONS = {
     "fresh-vs-rotten": "a real fresh review vs a real rotten review of the same movie, of similar length "
                        "(answer: the critics' own labels)",
-    "review-vs-plot": "a review is asked for: a real fresh review vs the movie's plot summary",
+    "review-vs-plot": "a review is asked for: a real fresh review vs a plot summary (the movie's own when the corpus "
+                      "has one, else another held-out movie's)",
     "negation": "templates: negating a negative word vs negating a positive one (\"not bad\" vs \"not good\")",
     "length-trap": "one review is short (<= 16 tokens), the other long (>= 32 tokens): the fresh one is the short one "
                    "in half the pairs and the long one in the other half (length alone scores 50%)",
     "off-topic": "a real fresh review vs an enthusiastic text about something else (a phone, a pizza, ...)",
-    "plot-asked": "a plot summary is asked for: the plot summary vs a real fresh review",
+    "plot-asked": "a plot summary is asked for: the movie's plot summary vs a real fresh review (of another "
+                  "held-out movie when the corpus has none for this one)",
     "repetition": "a real fresh review vs its opening words looped (a degenerate sample)",
     "word-salad": "a real fresh review vs the same words shuffled",
 }

@@ -1,0 +1,91 @@
+"""The shipped DPO checkpoint (``data/models/dpo``, written by ``scripts/dpo_beta_sweep.py``): within budget, stored in
+fp16 and loaded as fp32, and its implicit reward reproduces the numbers the manifest records (which notebook 09 checks
+its own outputs against). Also the sweep results notebook 08 reads."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from pref_lab import evaluate as E
+from pref_lab.config import data_path
+from pref_lab.dpo import implicit_rewards
+from pref_lab.models import load_model, load_tokenizer
+
+MANIFEST = json.loads(data_path("manifest.json").read_text())
+DPO = MANIFEST["assets"].get("dpo")
+REBUILD = "run `python scripts/dpo_beta_sweep.py` (after every `make assets`)"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Forward passes of small models on a busy 2-core machine run faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_model("dpo", "cpu"), load_model("sft", "cpu")
+
+
+def test_checkpoint_is_shipped_and_recorded():
+    assert DPO is not None, f"data/manifest.json has no 'dpo' asset: {REBUILD}"
+    assert data_path("models", "dpo", "model.safetensors").exists(), REBUILD
+    # the checkpoint was trained from the SFT model now shipped: the manifest's SFT fingerprint is the one it saw
+    assert DPO["metrics"]["sft_fixed_input_logit_sum"] == MANIFEST["assets"]["sft"]["metrics"]["fixed_input_logit_sum"], \
+        f"models/dpo was trained from an older SFT model: {REBUILD}"
+
+
+def test_checkpoint_is_fp16_on_disk_fp32_in_memory_and_within_budget(models):
+    path = data_path("models", "dpo", "model.safetensors")
+    assert path.stat().st_size <= 8_000_000
+    with safe_open(str(path), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    policy, sft = models
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert policy.config.to_dict()["n_layer"] == sft.config.n_layer and policy.config.vocab_size == sft.config.vocab_size
+    assert MANIFEST["checkpoint_bytes"] <= 30_000_000
+
+
+def test_checkpoint_differs_from_its_reference(models):
+    policy, sft = models
+    changed = max((p - q).abs().max().item() for p, q in zip(policy.parameters(), sft.parameters()))
+    assert changed > 1e-3  # trained, not a copy of the SFT model (fp16 rounding alone moves weights by < 1e-3)
+
+
+def test_implicit_reward_reproduces_the_recorded_rewardbench_accuracy(models):
+    """Recompute one subset (80 pairs) of the shipped model's RewardBench run and compare it with the manifest."""
+    policy, sft = models
+    tokenizer = load_tokenizer()
+    subset = "fresh-vs-rotten"
+    records = [r for r in E.load_rewardbench() if r["subset"] == subset]
+    rewards = implicit_rewards(policy, sft, tokenizer, *E.benchmark_rows(records), DPO["metrics"]["beta"], device="cpu")
+    accuracy = E.results_from_scores(records, rewards)["subsets"][subset]["accuracy"]
+    # equal on CPU; one flipped pair of slack for a GPU-built checkpoint's last-bit differences
+    assert accuracy == pytest.approx(DPO["metrics"]["rewardbench"][subset], abs=1.01 / len(records))
+
+
+def test_recorded_metrics_are_consistent():
+    m = DPO["metrics"]
+    # the fp16 copy ranks the held-out pairs like the fp32 policy it was saved from
+    assert m["heldout256_implicit_accuracy"] == pytest.approx(m["heldout256_implicit_accuracy_fp32"], abs=0.01)
+    # the score is the mean of the sections, each its subsets' accuracies weighted by their pair counts
+    counts = Counter(r["subset"] for r in E.load_rewardbench())
+    sections = E.section_scores({s: {"accuracy": acc, "n": counts[s]} for s, acc in m["rewardbench"].items()})
+    assert sum(sections.values()) / len(sections) == pytest.approx(m["rewardbench_score"], abs=1e-3)
+
+
+def test_beta_sweep_results_are_complete():
+    sweep = json.loads(data_path("results", "dpo_beta_sweep.json").read_text())
+    betas = sorted(r["beta"] for r in sweep["runs"])
+    assert sweep["schema"] == "pref_lab.dpo_beta_sweep/1" and len(betas) >= 3, REBUILD
+    assert DPO["metrics"]["beta"] in betas
+    sft_points = {json.dumps(r["curve"][0], sort_keys=True) for r in sweep["runs"]}
+    assert len(sft_points) == 1  # every run starts from the same SFT point (common random numbers)
+    for run in sweep["runs"]:
+        assert run["final"] == run["curve"][-1] and run["final"]["step"] == sweep["recipe"]["steps"]
