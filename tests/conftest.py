@@ -61,3 +61,31 @@ class BigramLM(torch.nn.Module):
 def bigram_lm():
     torch.manual_seed(0)
     return BigramLM(torch.randn(5, 5))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all thread overhead: on 2 busy cores one torch thread runs them many times faster than two.
+
+    Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+LETTERS = "abcdefghijkl"
+
+
+@pytest.fixture(scope="session")
+def letter_tokenizer():
+    """16 tokens: the course's four special tokens (EOS = 0, PAD = 1) and 12 letters ``LETTERS``, one word each."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from pref_lab.models import SPECIAL_TOKENS, wrap_tokenizer
+
+    words = SPECIAL_TOKENS + list(LETTERS)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return wrap_tokenizer(tok)

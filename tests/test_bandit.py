@@ -18,19 +18,12 @@ from pref_lab.bandit import (
 from pref_lab.dpo import dpo_loss
 from pref_lab.rlhf import categorical_kl, log_partition, optimal_policy_logprobs
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 
 @pytest.fixture
 def bandit():
     return make_bandit()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The bandit's tensors have 8 entries: extra threads only add overhead (a lot, on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_policies(num, k, seed):

@@ -27,19 +27,11 @@ NEGATIVE = ["a dull mess", "boring and too long, a mess", "dull", "too long", "a
 
 
 # TRL's DPOTrainer still calls transformers' deprecated `is_gradient_checkpointing` internally.
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")]
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine run ~10x faster on one thread (no thread contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = POSITIVE + NEGATIVE + ["Write a review of Movie 0123456789."]

@@ -14,18 +14,11 @@ from pref_lab.config import data_path
 from pref_lab.dpo import implicit_rewards
 from pref_lab.models import load_model, load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 MANIFEST = json.loads(data_path("manifest.json").read_text())
 DPO = MANIFEST["assets"].get("dpo")
 REBUILD = "run `python scripts/dpo_beta_sweep.py` (after every `make assets`)"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Forward passes of small models on a busy 2-core machine run faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from pref_lab.models import format_prompt, generate, load_model, load_tokenizer,
 from pref_lab.reward_model import init_reward_model
 from pref_lab.sft import REVIEW_INSTRUCTIONS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 ROOT = Path(__file__).resolve().parent.parent
 GOOD, BAD = ["a charming comedy", "great acting", "warm and funny"], ["a dull mess", "too long", "boring plot"]
 MOVIES = ["Alpha Dog", "Big Fish", "Cold Mountain", "Dark Water", "Eight Below", "Fast Five"]
@@ -30,14 +32,6 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +181,34 @@ def test_bad_overrides_and_broken_results_raise(tiny_results):
     del broken["runs"][0]["cost"]["reward_model_calls"]
     with pytest.raises(ValueError, match="cost.reward_model_calls"):
         check_results(broken)
+
+
+# ----------------------------------------------------------------------------- the shipped full run
+SHIPPED = ROOT / "data" / "results" / "frontier_full.json"
+NOTEBOOK_11 = ROOT / "notebooks" / "11_ppo_vs_dpo.ipynb"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return json.loads(SHIPPED.read_text())
+
+
+def test_shipped_full_results_follow_the_schema_and_the_budget(shipped):
+    check_results(shipped)
+    assert shipped["complete"] and shipped["config_name"] == "full"
+    assert shipped["config"] == CONFIGS["full"], "CONFIGS['full'] changed: rerun scripts/frontier.py --jobs 2"
+    assert shipped["total_seconds"] <= 40 * 60, "the full grid must fit 40 min on 2 CPU cores"
+    counts = {m: sum(r["method"] == m for r in shipped["runs"]) for m in ("ppo", "dpo", "online_dpo", "best_of_n")}
+    assert counts["ppo"] >= 4 and counts["dpo"] >= 4 and counts["online_dpo"] >= 2 and counts["best_of_n"] >= 3
+
+
+def test_notebook_11_shows_the_numbers_of_the_shipped_file(shipped):
+    """The notebook prints every run's last point; its stored output must be exactly the shipped file's numbers."""
+    notebook = json.loads(NOTEBOOK_11.read_text())
+    printed = "".join("".join(out.get("text", "")) for cell in notebook["cells"] if cell["cell_type"] == "code"
+                      for out in cell.get("outputs", []))
+    for run in shipped["runs"]:
+        final = run["final"]
+        line = (f"{run['name']:<24} gold {final['gold_reward']:+.3f} ± {final['gold_reward_sem']:.3f}   "
+                f"kl {final['kl']:7.3f} ({final['kl_kind']})   rm {final['rm_score']:+.3f}")
+        assert line in printed, f"notebook 11 does not show {run['name']} as in {SHIPPED.name}: re-execute it"

@@ -5,11 +5,9 @@ import copy
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from pref_lab.logprobs import tokenize_completions
-from pref_lab.models import SPECIAL_TOKENS, wrap_tokenizer
 from pref_lab.ppo import (
     PPOConfig,
     compute_gae,
@@ -27,26 +25,15 @@ from pref_lab.ppo import (
     whiten,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 LETTERS = "abcdefghijkl"
 PROMPTS = [f"<|user|>{LETTERS[k]} {LETTERS[(k + 1) % 12]} {LETTERS[(k + 2) % 12]}<|assistant|>" for k in range(12)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are all thread overhead: on 2 busy cores one thread runs PPO ~30x faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def tokenizer():
-    """16 tokens: the course's four special tokens (EOS = 0, PAD = 1) and 12 letters, one word each."""
-    words = SPECIAL_TOKENS + list(LETTERS)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return wrap_tokenizer(tok)
+def tokenizer(letter_tokenizer):
+    return letter_tokenizer
 
 
 def tiny_config(tokenizer, **kwargs):

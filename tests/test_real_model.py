@@ -10,16 +10,9 @@ import torch
 from pref_lab import real_model
 from pref_lab.logprobs import sequence_logprobs, tokenize_completions
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, 2 threads next to another busy process run ~8x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
