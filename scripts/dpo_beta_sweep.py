@@ -58,22 +58,19 @@ def heldout_prompts(assets: Path, n: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(prompts, min(n, len(prompts))))
 
 
-_SFT_POINTS: dict[int, dict] = {}
-
-
 def sft_point(world: World, recipe: dict) -> dict:
-    """The SFT model's own point (KL 0), computed once per world."""
-    if id(world) not in _SFT_POINTS:
-        ev = recipe["eval"]
-        _SFT_POINTS[id(world)] = {"step": 0, **evaluate_policy(world.sft, world.sft, world, ev["max_new_tokens"], ev["seed"])}
-    return dict(_SFT_POINTS[id(world)])
+    """The SFT model's own point (KL 0): the first point of every run's curve."""
+    ev = recipe["eval"]
+    return {"step": 0, **evaluate_policy(world.sft, world.sft, world, ev["max_new_tokens"], ev["seed"])}
 
 
-def run(world: World, test_pairs: list[dict], beta: float, recipe: dict, progress: bool) -> tuple[torch.nn.Module, dict]:
-    """Train one DPO policy at ``beta``; returns it and its record (curve of eval points, thinned history)."""
+def run(world: World, test_pairs: list[dict], beta: float, recipe: dict, start_point: dict,
+        progress: bool) -> tuple[torch.nn.Module, dict]:
+    """Train one DPO policy at ``beta``; returns it and its record (curve of eval points, thinned history).
+    ``start_point``: :func:`sft_point`, computed once and shared by every beta (the same samples)."""
     ev = recipe["eval"]
     policy = copy.deepcopy(world.sft).requires_grad_(True)
-    curve = [sft_point(world, recipe)]  # the same samples for every beta (common random numbers)
+    curve = [dict(start_point)]
     started = time.perf_counter()
 
     def evaluate(row):
@@ -101,8 +98,6 @@ def save_checkpoint(policy, world: World, assets: Path, beta: float, recipe: dic
     shipped = load_model(folder, get_device())
     # the implicit reward of every held-out completion, once; accuracies on all pairs and on notebook 09's sample
     test_pairs = read_jsonl(assets / "preferences" / "test.jsonl")
-    for r in test_pairs:
-        r["subset"] = "fresh-vs-rotten"  # results_from_scores needs a subset; only the overall accuracy is used
     rewards = implicit_rewards(shipped, world.sft, world.tokenizer, *benchmark_rows(test_pairs), beta)
     correct = pairwise_correct(rewards[: len(test_pairs)], rewards[len(test_pairs):])
     is_correct = {(r["prompt"], r["chosen"], r["rejected"]): bool(c) for r, c in zip(test_pairs, correct.tolist())}
@@ -165,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or assets / "results" / "dpo_beta_sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     heldout_sample = sample_pairs(test_pairs, HELDOUT_SAMPLE["n"], HELDOUT_SAMPLE["seed"])
+    start_point = sft_point(world, recipe)
     for beta in recipe["betas"]:
-        policy, run_record = run(world, heldout_sample, beta, recipe, args.progress)
+        policy, run_record = run(world, heldout_sample, beta, recipe, start_point, args.progress)
         results["runs"].append(run_record)
         final = run_record["final"]
         print(f"[beta={beta:g}] gold {final['gold_reward']:.3f} ± {final['gold_reward_sem']:.3f}, "
