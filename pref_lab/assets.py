@@ -62,10 +62,11 @@ RECIPES = {
         "base": {"n_layer": 4, "n_embd": 160, "n_head": 4, "block_size": 128, "batch_size": 32,
                  "steps": 1400, "lr": 2e-3, "eval_every": 350},
         "judges": {"min_count": 3, "l2_grid": [3e-4, 1e-4, 3e-5, 1e-5, 3e-6], "task_reviews_per_plot": 3},
-        "sft": {"steps": 400, "batch_size": 32, "lr": 5e-4, "eval_every": 50, "eval_prompts_per_task": 100,
+        "sft": {"steps": 800, "batch_size": 32, "lr": 1e-3, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
-        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0},
-        "rm": {"steps": 500, "batch_size": 32, "lr": 1e-4, "center_coef": 0.01, "eval_every": 100},
+        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True},
+        "rm": {"steps": 2000, "prompts_per_step": 8, "lr": 3e-4, "center_coef": 0.01, "eval_every": 250,
+               "extra_pairs": True},
     },
     # The same chain at toy sizes: every stage runs end to end in seconds (used by the tests).
     "mini": {
@@ -77,8 +78,9 @@ RECIPES = {
         "sft": {"steps": 3, "batch_size": 4, "lr": 1e-3, "eval_every": 3, "eval_prompts_per_task": 3,
                 "max_new_tokens": 8},
         "preferences": {"completions_per_prompt": 3, "max_new_tokens": 8, "temperature": 1.0, "max_movies": 4,
-                        "require_eos": False},  # a 4-step model rarely ends: keep its samples so the chain runs
-        "rm": {"steps": 2, "batch_size": 4, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2},
+                        "require_eos": False,  # a 4-step model rarely ends: keep its samples so the chain runs
+                        "rm_extra_pairs": True},
+        "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True},
     },
 }
 
@@ -244,7 +246,12 @@ def stage_sft(out: Path, recipe: dict, progress: bool) -> None:
 
 
 def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
-    """Review prompts for val movies (train pairs) and test movies (test pairs); k SFT samples each."""
+    """Review prompts for val movies (train pairs) and test movies (test pairs); k SFT samples each.
+
+    With ``rm_extra_pairs`` it also samples the train-split movies' prompts, for the reward model only
+    (``rm_extra.jsonl.gz``): the RM's accuracy is limited by how many labelled texts it sees, while DPO
+    keeps the held-out-movie pairs of ``train.jsonl``.
+    """
     start = time.time()
     r, seed = recipe["preferences"], recipe["seed"]
     tokenizer = load_tokenizer(out / "tokenizer")
@@ -252,12 +259,15 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
     gold = GoldJudge.load(out / "judges" / "gold")
     gen = seed_everything(seed)
     metrics = {}
-    for split, source in (("train", "val"), ("test", "test")):
+    splits = [("train", "val", ".jsonl"), ("test", "test", ".jsonl")]
+    if r.get("rm_extra_pairs"):  # last, so the train and test pairs do not depend on it
+        splits.append(("rm_extra", "train", ".jsonl.gz"))
+    for n, (split, source, suffix) in enumerate(splits):
         movies = sorted({(x["movie_id"], x["movie_title"]) for x in corpus_rows(out, source)})[: r.get("max_movies")]
         prompts = [format_prompt(tokenizer, t.format(title=title)) for _, title in movies for t in REVIEW_INSTRUCTIONS]
         k = r["completions_per_prompt"]
         ids = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=r["max_new_tokens"],
-                       temperature=r["temperature"], seed=seed + (split == "test"), progress=progress, return_ids=True)
+                       temperature=r["temperature"], seed=seed + n, progress=progress, return_ids=True)
         texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
         # a completion that never emitted EOS was cut mid-sentence: keep it out of the pairs (counted)
         finished = [bool(t) and (int(x[-1]) == tokenizer.eos_token_id or not r.get("require_eos", True))
@@ -267,11 +277,11 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
         for i, prompt in enumerate(prompts):
             keep = [j for j in range(i * k, (i + 1) * k) if finished[j]]
             group = [texts[j] for j in keep]
-            made = make_pairs(prompt, group, rewards[keep], gen, all_pairs=(split == "train"),
-                              source=f"preferences/{split}.jsonl")
-            duplicates += (len(group) * (len(group) - 1) // 2 if split == "train" else len(group) // 2) - len(made)
+            made = make_pairs(prompt, group, rewards[keep], gen, all_pairs=(split != "test"),
+                              source=f"preferences/{split}{suffix}")
+            duplicates += (len(group) * (len(group) - 1) // 2 if split != "test" else len(group) // 2) - len(made)
             pairs += made
-        D.write_jsonl(pairs, out / "preferences" / f"{split}.jsonl")
+        D.write_jsonl(pairs, out / "preferences" / f"{split}{suffix}")
         p = torch.tensor([x["p_chosen"] for x in pairs])
         metrics[split] = {"movies": len(movies), "prompts": len(prompts), "samples": len(texts),
                           "dropped_unfinished": finished.count(False), "skipped_identical_pairs": duplicates,
@@ -286,9 +296,11 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     r, seed = recipe["rm"], recipe["seed"]
     tokenizer = load_tokenizer(out / "tokenizer")
     train = D.read_jsonl(out / "preferences" / "train.jsonl")
+    if r.get("extra_pairs"):
+        train += D.read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
     test = D.read_jsonl(out / "preferences" / "test.jsonl")
     rm = init_reward_model(out / "models" / "sft", seed)
-    history = train_reward_model(rm, tokenizer, train, test, steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"],
+    history = train_reward_model(rm, tokenizer, train, test, steps=r["steps"], prompts_per_step=r["prompts_per_step"], lr=r["lr"],
                                  center_coef=r["center_coef"], seed=seed, eval_every=r["eval_every"], progress=progress)
     save_model(rm, out / "models" / "rm", tokenizer)
     (out / "models" / "rm" / "history.json").write_text(json.dumps(history))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import bz2
 import csv
+import gzip
+import io
 import json
 import random
 import re
@@ -135,16 +137,23 @@ def process_raw_corpus(raw_csv_bz2: str | Path, seed: int) -> tuple[list[dict], 
 
 
 def write_jsonl(records: Iterable[Mapping], path: str | Path) -> None:
+    """One JSON object per line; a ``.gz`` path is gzip-compressed (with a zero timestamp, so the same
+    records always give the same bytes and the manifest's checksum stays stable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    if path.suffix == ".gz":
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+            f.write(text)
+    else:
+        path.write_bytes(text)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a ``.jsonl`` (or ``.jsonl.gz``) file."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [json.loads(line) for line in io.StringIO(raw.decode("utf-8")) if line.strip()]
 
 
 # ----------------------------------------------------------------------------- loading

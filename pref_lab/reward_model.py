@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from .config import data_path, get_device, seed_everything
+from .dpo import disable_dropout
 from .logprobs import position_ids_from_mask, tokenize_completions
 
 
@@ -111,25 +112,71 @@ def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size
             "loss": pairwise_loss(chosen, rejected).item(), "chosen": chosen, "rejected": rejected}
 
 
+def group_pairs_by_prompt(pairs: Sequence[Mapping]) -> list[dict]:
+    """Pairs grouped by prompt, in order of first appearance: one dict per prompt,
+    ``{"prompt": x, "completions": [y_0, y_1, ...], "pairs": [(chosen_index, rejected_index), ...]}``,
+    where each distinct completion is listed once and the indices point into ``completions``."""
+    groups: dict[str, dict] = {}
+    for pair in pairs:
+        group = groups.setdefault(pair["prompt"], {"prompt": pair["prompt"], "completions": [], "index": {}})
+        ids = []
+        for text in (pair["chosen"], pair["rejected"]):
+            if text not in group["index"]:
+                group["index"][text] = len(group["completions"])
+                group["completions"].append(text)
+            ids.append(group["index"][text])
+        group.setdefault("pairs", []).append(tuple(ids))
+    return [{"prompt": g["prompt"], "completions": g["completions"], "pairs": g["pairs"]} for g in groups.values()]
+
+
+def _group_rewards(reward_model, tokenizer, groups: Sequence[Mapping], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score every distinct completion of ``groups`` once (one forward pass), then read off (r_chosen, r_rejected)
+    for all their pairs: each (P,), P = total number of pairs."""
+    prompts = [g["prompt"] for g in groups for _ in g["completions"]]
+    completions = [y for g in groups for y in g["completions"]]
+    batch = tokenize_completions(tokenizer, prompts, completions)
+    rewards = reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    chosen, rejected, offset = [], [], 0
+    for g in groups:
+        chosen += [offset + c for c, _ in g["pairs"]]
+        rejected += [offset + r for _, r in g["pairs"]]
+        offset += len(g["completions"])
+    return rewards[chosen], rewards[rejected]
+
+
 def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], val_pairs: Sequence[Mapping] | None = None,
-                       *, steps: int = 200, batch_size: int = 32, lr: float = 1e-4, center_coef: float = 0.01,
+                       *, steps: int = 200, prompts_per_step: int = 8, lr: float = 1e-4, center_coef: float = 0.01,
                        seed: int = 0, eval_every: int = 50, progress: bool = True) -> dict:
-    """Train with the pairwise loss; ``batch_size`` pairs per step. Returns the training history."""
+    """Train with the pairwise loss. Returns the training history.
+
+    Each step takes ``prompts_per_step`` prompts (a fresh random order each epoch over the prompts) and **all**
+    their labelled pairs: the k completions of a prompt are scored once and give up to k(k-1)/2 comparisons
+    (InstructGPT's trick, Ouyang et al. 2022, sec. 3.5). Compared with sampling pairs one by one, the same forward
+    passes carry several times more labels, and no completion is revisited in many separate updates.
+
+    Dropout is switched off, as TRL's ``RewardConfig(disable_dropout=True)`` default: two scorings of the same
+    text would otherwise differ, adding noise to the margins r_c - r_r that the loss compares.
+    """
     if not train_pairs:
         raise ValueError("train_pairs is empty")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if steps < 1 or prompts_per_step < 1:
+        raise ValueError(f"steps and prompts_per_step must be >= 1, got steps={steps}, prompts_per_step={prompts_per_step}")
     gen = seed_everything(seed)
+    disable_dropout(reward_model)
+    groups = group_pairs_by_prompt(train_pairs)
     device = next(reward_model.parameters()).device
     optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     history = {"step": [], "train_loss": [], "train_accuracy": [], "eval_step": [], "val_accuracy": [], "val_loss": []}
     start = time.time()
+    order: list[int] = []
     bar = tqdm(range(steps), desc="reward model", disable=not progress)
     for step in bar:
         reward_model.train()
-        idx = torch.randint(0, len(train_pairs), (batch_size,), generator=gen).tolist()
-        chosen, rejected = _pair_rewards(reward_model, tokenizer, [train_pairs[i] for i in idx], device)
+        if len(order) < min(prompts_per_step, len(groups)):  # a new epoch over the prompts
+            order = torch.randperm(len(groups), generator=gen).tolist()
+        batch, order = order[:prompts_per_step], order[prompts_per_step:]
+        chosen, rejected = _group_rewards(reward_model, tokenizer, [groups[i] for i in batch], device)
         loss = pairwise_loss(chosen, rejected, center_coef)
         if not torch.isfinite(loss):
             raise RuntimeError(f"reward-model step {step}: loss is {loss.item()}")

@@ -6,6 +6,8 @@ import json
 
 from pref_lab import assets
 from pref_lab.data import load_corpus, read_jsonl, validate_records
+from pref_lab.models import format_prompt, load_tokenizer
+from pref_lab.sft import REVIEW_INSTRUCTIONS
 
 
 def write_raw_corpus(path, movies: int = 24):
@@ -35,6 +37,14 @@ def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     pairs = read_jsonl(out / "preferences" / "train.jsonl")
     validate_records(pairs, "preference", "train.jsonl")
     assert {"gold_chosen", "gold_rejected", "p_chosen"} <= set(pairs[0])
+    # the reward model's extra pairs (train-split movies) are gzipped, valid, and counted in the RM's training set
+    extra = read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
+    validate_records(extra, "preference", "rm_extra.jsonl.gz")
+    tokenizer = load_tokenizer(out / "tokenizer")
+    train_movies = set(load_corpus(path=out / "corpus" / "corpus.jsonl", split="train")["movie_title"])
+    train_prompts = {format_prompt(tokenizer, t.format(title=m)) for m in train_movies for t in REVIEW_INSTRUCTIONS}
+    assert extra and {p["prompt"] for p in extra} <= train_prompts
+    assert manifest["assets"]["rm"]["metrics"]["train_pairs"] == len(pairs) + len(extra)
     # deterministic: the same seed rebuilds the same weights
     first = manifest["assets"]["base"]["files"]["models/base/model.safetensors"]["sha256"]
     assets.build(out, stages=("base",), scale="mini", progress=False)

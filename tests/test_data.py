@@ -77,3 +77,16 @@ def test_load_preferences_reports_bad_file(tmp_path):
 def test_movie_title_and_cleaning():
     assert D.movie_title("about_a_boy") == "About A Boy"
     assert D.clean_text("  A  film\n\nabout   time. ") == "A film about time."
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl", "pairs.jsonl.gz"])
+def test_jsonl_round_trip_and_gzip_is_byte_stable(tmp_path, name):
+    records = [GOOD_PAIR, {**GOOD_PAIR, "chosen": "Ünïcode stays as written: « great »"}]
+    D.write_jsonl(records, tmp_path / name)
+    first = (tmp_path / name).read_bytes()
+    assert D.read_jsonl(tmp_path / name) == records
+    if name.endswith(".gz"):
+        # gzip magic, and a zero MTIME field (bytes 4-8): the bytes depend on the records only (stable checksums)
+        assert first[:2] == b"\x1f\x8b" and first[4:8] == bytes(4)
+    else:
+        assert first.decode("utf-8").count("\n") == 2

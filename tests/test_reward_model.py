@@ -15,7 +15,9 @@ from pref_lab.data import read_jsonl
 from pref_lab.logprobs import tokenize_completions
 from pref_lab.models import format_prompt, load_tokenizer, train_tokenizer
 from pref_lab.reward_model import (
+    _group_rewards,
     evaluate_pairs,
+    group_pairs_by_prompt,
     init_reward_model,
     load_reward_model,
     pairwise_loss,
@@ -183,7 +185,8 @@ def toy_pairs(n: int, seed: int) -> list[dict]:
         x, y = (" ".join(rng.choice("bc") for _ in range(rng.randint(1, 5))) for _ in range(2))
         nx, ny = x.split().count("b"), y.split().count("b")
         if nx != ny:
-            out.append({"prompt": "a", "chosen": x if nx > ny else y, "rejected": y if nx > ny else x})
+            prompt = " ".join("a" * rng.randint(1, 4))  # four prompts: "a" ... "a a a a"
+            out.append({"prompt": prompt, "chosen": x if nx > ny else y, "rejected": y if nx > ny else x})
     return out
 
 
@@ -195,7 +198,7 @@ def test_tiny_training_run_raises_accuracy(word_tokenizer, tmp_path):
     rm = init_reward_model(tmp_path, seed=0)
     train, val = toy_pairs(256, seed=0), toy_pairs(128, seed=1)
     before = evaluate_pairs(rm, word_tokenizer, val)
-    history = train_reward_model(rm, word_tokenizer, train, val, steps=60, batch_size=16, lr=3e-3, center_coef=0.01,
+    history = train_reward_model(rm, word_tokenizer, train, val, steps=60, prompts_per_step=2, lr=3e-3, center_coef=0.01,
                                  eval_every=30, progress=False)
     after = evaluate_pairs(rm, word_tokenizer, val)
     assert history["eval_step"] == [30, 60] and len(history["train_loss"]) == 60
@@ -203,6 +206,28 @@ def test_tiny_training_run_raises_accuracy(word_tokenizer, tmp_path):
     assert after["accuracy"] >= 0.85 and after["accuracy"] >= before["accuracy"] + 0.2
     assert after["loss"] < before["loss"]
     assert abs((after["chosen"] + after["rejected"]).mean().item()) < 1.0  # centering keeps rewards near 0
+
+
+def test_group_pairs_by_prompt_lists_each_completion_once():
+    pairs = [{"prompt": "p", "chosen": "x", "rejected": "y"}, {"prompt": "q", "chosen": "x", "rejected": "z"},
+             {"prompt": "p", "chosen": "z", "rejected": "x"}, {"prompt": "p", "chosen": "y", "rejected": "z"}]
+    assert group_pairs_by_prompt(pairs) == [
+        {"prompt": "p", "completions": ["x", "y", "z"], "pairs": [(0, 1), (2, 0), (1, 2)]},
+        {"prompt": "q", "completions": ["x", "z"], "pairs": [(0, 1)]},
+    ]
+
+
+def test_group_rewards_equal_scoring_each_pair(word_tokenizer):
+    """Scoring each distinct completion once gives the rewards of scoring every pair separately."""
+    rm = tiny_rm(word_tokenizer)
+    pairs = toy_pairs(40, seed=3)
+    groups = group_pairs_by_prompt(pairs)
+    assert sum(len(g["pairs"]) for g in groups) == 40 and len(groups) > 1
+    chosen, rejected = _group_rewards(rm, word_tokenizer, groups, "cpu")
+    ordered = [p for g in groups for p in pairs if p["prompt"] == g["prompt"]]  # the pairs in group order
+    expected = evaluate_pairs(rm, word_tokenizer, ordered)
+    torch.testing.assert_close(chosen.detach(), expected["chosen"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected.detach(), expected["rejected"], rtol=1e-5, atol=1e-5)
 
 
 def test_training_rejects_bad_input(word_tokenizer, tmp_path):
@@ -226,8 +251,8 @@ def test_shipped_rm_beats_chance_and_agrees_with_gold_order():
     assert m["test_accuracy"] > 0.6 and m["agreement_with_gold_order"] > 0.6, m
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 4): the shipped RM reaches ~0.66 held-out accuracy against a "
-                   "Bayes ceiling of ~0.83; strict: passing means the gap closed, so drop this mark")
+@pytest.mark.xfail(strict=True, reason="known gap (issue 4): the shipped RM reaches 0.738 held-out accuracy against a "
+                   "Bayes ceiling of 0.837 (the bar is 0.787); strict: passing means the gap closed, so drop this mark")
 def test_shipped_rm_is_within_5_points_of_the_bayes_ceiling():
     m = shipped_rm_metrics()
     assert m["test_accuracy"] >= m["test_bayes_ceiling"] - 0.05, m

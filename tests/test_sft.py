@@ -93,7 +93,5 @@ def test_shipped_sft_model_ends_its_answers_and_beats_base():
     assert metrics["sft_following_rate"] > metrics["base_following_rate"] + 0.2
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 3): the shipped SFT model follows about 0.8 of held-out "
-                   "instructions; plot summaries are the hard task. strict: passing means the gap closed — drop this mark")
 def test_shipped_sft_model_follows_85_percent_of_instructions():
     assert shipped_sft_metrics()["sft_following_rate"] >= 0.85
