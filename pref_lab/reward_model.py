@@ -118,15 +118,14 @@ def group_pairs_by_prompt(pairs: Sequence[Mapping]) -> list[dict]:
     where each distinct completion is listed once and the indices point into ``completions``."""
     groups: dict[str, dict] = {}
     for pair in pairs:
-        group = groups.setdefault(pair["prompt"], {"prompt": pair["prompt"], "completions": [], "index": {}})
+        group = groups.setdefault(pair["prompt"], {"prompt": pair["prompt"], "completions": [], "pairs": []})
         ids = []
         for text in (pair["chosen"], pair["rejected"]):
-            if text not in group["index"]:
-                group["index"][text] = len(group["completions"])
+            if text not in group["completions"]:  # k is small (8): a list lookup is fine
                 group["completions"].append(text)
-            ids.append(group["index"][text])
-        group.setdefault("pairs", []).append(tuple(ids))
-    return [{"prompt": g["prompt"], "completions": g["completions"], "pairs": g["pairs"]} for g in groups.values()]
+            ids.append(group["completions"].index(text))
+        group["pairs"].append(tuple(ids))
+    return list(groups.values())
 
 
 def _group_rewards(reward_model, tokenizer, groups: Sequence[Mapping], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +172,7 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
     bar = tqdm(range(steps), desc="reward model", disable=not progress)
     for step in bar:
         reward_model.train()
-        if len(order) < min(prompts_per_step, len(groups)):  # a new epoch over the prompts
+        if len(order) < min(prompts_per_step, len(groups)):  # a new epoch (a short remainder is dropped)
             order = torch.randperm(len(groups), generator=gen).tolist()
         batch, order = order[:prompts_per_step], order[prompts_per_step:]
         chosen, rejected = _group_rewards(reward_model, tokenizer, [groups[i] for i in batch], device)
