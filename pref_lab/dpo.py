@@ -17,7 +17,9 @@ Same numbers as TRL 1.16's ``DPOTrainer`` (``loss_type="sigmoid"``): loss, gradi
   boundary and the two can differ.
 - Length: TRL truncates rows longer than ``max_length`` (default 1024, keeping the start); we raise
   ``ValueError`` naming the row (nothing is cut silently).
-- Dropout: off in the policy, as TRL's default ``disable_dropout=True``.
+- Dropout: off in the policy, as TRL's default ``disable_dropout=True`` (``pref_lab.models.disable_dropout``).
+  With dropout on, log pi(y|x) is a noisy estimate and the log-ratio against the (dropout-free) reference
+  is biased: at step 0 the rewards would not be 0 and the loss not log 2.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .config import get_device, seed_everything
 from .logprobs import sequence_logprobs, tokenize_completions
+from .models import disable_dropout
 
 # A preference loss other than DPO's (notebook 12): per-pair losses (P,) from the batch's quantities,
 #   loss_fn(pi_logps (B,), ref_logps (B,), yw_ids (P,), yl_ids (P,), lengths (B,)) -> losses (P,),
@@ -180,17 +183,6 @@ def precompute_reference_logps(
 
 
 # ----------------------------------------------------------------------------- training
-def disable_dropout(model) -> None:
-    """Set every dropout probability to 0 (TRL's ``disable_dropout=True``, its DPO default).
-
-    With dropout on, log pi(y|x) is a noisy estimate and the log-ratio against the (dropout-free)
-    reference is biased: at step 0 the rewards would not be 0 and the loss not log 2.
-    """
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
 def _pair_batches(n_pairs: int, batch_size: int, generator: torch.Generator):
     """Endless index batches: a fresh random order each epoch; an incomplete last batch is dropped
     (a dataset smaller than ``batch_size`` gives one batch of all its pairs)."""

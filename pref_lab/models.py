@@ -188,3 +188,14 @@ def generate(
     if return_ids:
         return outputs
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0, as TRL's ``disable_dropout=True`` (its DPO and reward-model default).
+
+    Training then sees the same function the evaluation sees; the modules stay in place, so ``train()`` and
+    ``eval()`` still work as usual.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

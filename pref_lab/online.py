@@ -37,9 +37,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import seed_everything
-from .dpo import disable_dropout, dpo_loss, dpo_metrics
+from .dpo import dpo_loss, dpo_metrics
 from .logprobs import sequence_logprobs, tokenize_completions
-from .models import generate
+from .models import disable_dropout, generate
 from .reward_model import score_texts
 
 Judge = Callable[[Sequence[str], Sequence[str]], torch.Tensor]

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from .config import data_path, get_device, seed_everything
-from .dpo import disable_dropout
 from .logprobs import position_ids_from_mask, tokenize_completions
+from .models import disable_dropout
 
 
 def init_reward_model(sft_path: str | Path, seed: int = 0) -> GPT2ForSequenceClassification:
