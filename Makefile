@@ -31,7 +31,7 @@ test: setup  ## unit tests + every notebook under nbval, offline
 lab: setup  ## open JupyterLab on the notebooks
 	$(OFFLINE) $(BIN)/jupyter lab notebooks/
 
-assets: setup  ## rebuild every shipped asset under data/ (about 65 min; stage times in data/manifest.json)
+assets: setup  ## rebuild every shipped asset under data/ (about 70 min; stage times in data/manifest.json)
 	$(BIN)/python -m pref_lab.assets
 
 lint: setup

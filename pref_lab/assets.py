@@ -64,8 +64,9 @@ RECIPES = {
         "judges": {"min_count": 3, "l2_grid": [3e-4, 1e-4, 3e-5, 1e-5, 3e-6], "task_reviews_per_plot": 3},
         "sft": {"steps": 800, "batch_size": 32, "lr": 1e-3, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
-        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True},
-        "rm": {"steps": 2000, "prompts_per_step": 8, "lr": 3e-4, "center_coef": 0.01, "eval_every": 250,
+        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True,
+                        "rm_extra_completions_per_prompt": 16},
+        "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
                "extra_pairs": True},
     },
     # The same chain at toy sizes: every stage runs end to end in seconds (used by the tests).
@@ -79,7 +80,7 @@ RECIPES = {
                 "max_new_tokens": 8},
         "preferences": {"completions_per_prompt": 3, "max_new_tokens": 8, "temperature": 1.0, "max_movies": 4,
                         "require_eos": False,  # a 4-step model rarely ends: keep its samples so the chain runs
-                        "rm_extra_pairs": True},
+                        "rm_extra_pairs": True, "rm_extra_completions_per_prompt": 4},
         "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True},
     },
 }
@@ -250,7 +251,8 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
 
     With ``rm_extra_pairs`` it also samples the train-split movies' prompts, for the reward model only
     (``rm_extra.jsonl.gz``): the RM's accuracy is limited by how many labelled texts it sees, while DPO
-    keeps the held-out-movie pairs of ``train.jsonl``.
+    keeps the held-out-movie pairs of ``train.jsonl``. Those prompts get ``rm_extra_completions_per_prompt``
+    samples each: twice the texts of k = 8, and each text is compared with 15 others instead of 7.
     """
     start = time.time()
     r, seed = recipe["preferences"], recipe["seed"]
@@ -265,7 +267,7 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
     for n, (split, source, suffix) in enumerate(splits):
         movies = sorted({(x["movie_id"], x["movie_title"]) for x in corpus_rows(out, source)})[: r.get("max_movies")]
         prompts = [format_prompt(tokenizer, t.format(title=title)) for _, title in movies for t in REVIEW_INSTRUCTIONS]
-        k = r["completions_per_prompt"]
+        k = r["rm_extra_completions_per_prompt"] if split == "rm_extra" else r["completions_per_prompt"]
         ids = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=r["max_new_tokens"],
                        temperature=r["temperature"], seed=seed + n, progress=progress, return_ids=True)
         texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]

@@ -121,7 +121,7 @@ def group_pairs_by_prompt(pairs: Sequence[Mapping]) -> list[dict]:
         group = groups.setdefault(pair["prompt"], {"prompt": pair["prompt"], "completions": [], "pairs": []})
         ids = []
         for text in (pair["chosen"], pair["rejected"]):
-            if text not in group["completions"]:  # k is small (8): a list lookup is fine
+            if text not in group["completions"]:  # k is small (8 or 16): a list lookup is fine
                 group["completions"].append(text)
             ids.append(group["completions"].index(text))
         group["pairs"].append(tuple(ids))

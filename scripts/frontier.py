@@ -11,9 +11,9 @@ loses at most one. The schema, what is measured and how: ``pref_lab/experiments.
 
 Budget of the full grid (4 PPO runs x 36 iterations, 4 offline DPO x 100 steps, 2 online DPO x 100 rounds,
 best-of-n up to 32; PPO evaluated 7 times, DPO and online DPO 6 times, on 256 held-out prompts). Measured for the
-shipped ``data/results/frontier_full.json`` with ``--jobs 2`` on 2 otherwise idle CPU cores: 797 s in all (its
-``total_seconds``); per run (train + eval, one torch thread) PPO ~80 s, offline DPO ~160 s, online DPO ~215 s,
-best-of-n ~95 s for all n (one nested pool). The budget is <= 40 min on 2 CPU cores; if the machine is busy,
+shipped ``data/results/frontier_full.json`` with ``--jobs 2`` on 2 otherwise idle CPU cores: 886 s in all (its
+``total_seconds``); per run (train + eval, one torch thread) PPO ~90-120 s, offline DPO ~165 s, online DPO ~230 s,
+best-of-n ~110 s for all n (one nested pool). The budget is <= 40 min on 2 CPU cores; if the machine is busy,
 lower the steps with ``--set``.
 """
 

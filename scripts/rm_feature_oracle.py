@@ -1,6 +1,6 @@
 """How far can the preference *data* take a reward model? Fit Bradley–Terry with the gold judge's own features.
 
-    .venv/bin/python scripts/rm_feature_oracle.py            # val-movie pairs alone, then + rm_extra (~3 min)
+    .venv/bin/python scripts/rm_feature_oracle.py            # val-movie pairs alone, then + rm_extra (~4 min)
 
 The gold reward is a logistic regression on word/bigram presence (``pref_lab.judge``). A reward model that
 already had exactly those features would only need to learn one weight per feature from the noisy labels:

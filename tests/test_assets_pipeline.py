@@ -1,8 +1,9 @@
-"""The asset pipeline runs end to end at a miniature scale (seconds, not the full 30-minute rebuild)."""
+"""The asset pipeline runs end to end at a miniature scale (seconds, not the full rebuild of about an hour)."""
 
 import bz2
 import csv
 import json
+from collections import Counter
 
 from pref_lab import assets
 from pref_lab.data import load_corpus, read_jsonl, validate_records
@@ -44,6 +45,9 @@ def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     train_movies = set(load_corpus(path=out / "corpus" / "corpus.jsonl", split="train")["movie_title"])
     train_prompts = {format_prompt(tokenizer, t.format(title=m)) for m in train_movies for t in REVIEW_INSTRUCTIONS}
     assert extra and {p["prompt"] for p in extra} <= train_prompts
+    # rm_extra samples more completions per prompt than train.jsonl (4 vs 3 at mini scale): up to 6 pairs a prompt
+    per_prompt = Counter(p["prompt"] for p in extra)
+    assert max(per_prompt.values()) > 3 and max(per_prompt.values()) <= 6
     assert manifest["assets"]["rm"]["metrics"]["train_pairs"] == len(pairs) + len(extra)
     # deterministic: the same seed rebuilds the same weights
     first = manifest["assets"]["base"]["files"]["models/base/model.safetensors"]["sha256"]
