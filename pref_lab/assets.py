@@ -252,7 +252,7 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
     With ``rm_extra_pairs`` it also samples the train-split movies' prompts, for the reward model only
     (``rm_extra.jsonl.gz``): the RM's accuracy is limited by how many labelled texts it sees, while DPO
     keeps the held-out-movie pairs of ``train.jsonl``. Those prompts get ``rm_extra_completions_per_prompt``
-    samples each: twice the texts of k = 8, and each text is compared with 15 others instead of 7.
+    samples each (more than ``completions_per_prompt``): more texts, and each compared with k - 1 others.
     """
     start = time.time()
     r, seed = recipe["preferences"], recipe["seed"]
@@ -261,13 +261,13 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
     gold = GoldJudge.load(out / "judges" / "gold")
     gen = seed_everything(seed)
     metrics = {}
-    splits = [("train", "val", ".jsonl"), ("test", "test", ".jsonl")]
+    # (file, corpus split of the movies, suffix, completions per prompt)
+    splits = [("train", "val", ".jsonl", r["completions_per_prompt"]), ("test", "test", ".jsonl", r["completions_per_prompt"])]
     if r.get("rm_extra_pairs"):  # last, so the train and test pairs do not depend on it
-        splits.append(("rm_extra", "train", ".jsonl.gz"))
-    for n, (split, source, suffix) in enumerate(splits):
+        splits.append(("rm_extra", "train", ".jsonl.gz", r["rm_extra_completions_per_prompt"]))
+    for n, (split, source, suffix, k) in enumerate(splits):
         movies = sorted({(x["movie_id"], x["movie_title"]) for x in corpus_rows(out, source)})[: r.get("max_movies")]
         prompts = [format_prompt(tokenizer, t.format(title=title)) for _, title in movies for t in REVIEW_INSTRUCTIONS]
-        k = r["rm_extra_completions_per_prompt"] if split == "rm_extra" else r["completions_per_prompt"]
         ids = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=r["max_new_tokens"],
                        temperature=r["temperature"], seed=seed + n, progress=progress, return_ids=True)
         texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
