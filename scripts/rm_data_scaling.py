@@ -1,19 +1,18 @@
 """How does the reward model's held-out accuracy grow with the number of labelled texts? The pipeline's RM recipe on
 nested subsets of its training prompts.
 
-    .venv/bin/python scripts/rm_data_scaling.py --jobs 2      # fractions 1/8, 1/4, 1/2 (~20 CPU-minutes)
+    .venv/bin/python scripts/rm_data_scaling.py --jobs 2      # fractions 1/8, 1/4, 1/2 (~10 min on 2 cores)
 
 Every run keeps all of ``train.jsonl`` (the val movies' pairs) and a seeded random subset of the train-movie prompts
 of ``rm_extra.jsonl.gz``, each kept prompt with all its samples and all their pairs. The subsets are nested: the
 prompts of fraction 1/8 are among those of 1/4, and so on. Each run trains the pipeline's recipe
 (``RECIPES["full"]["rm"]``: same learning rate, prompts per step, centering and seed) with its steps scaled by its
 number of prompts, so every run makes the same number of passes over its own prompts (about two) as the shipped RM
-over all of them.
-Fraction 1 *is* the shipped RM (same recipe, seed and pairs in the same order), so its numbers are read from the
-manifest, not re-trained.
+over all of them. Fraction 1 *is* the shipped RM (same recipe, seed and pairs in the same order), so its numbers
+are read from the manifest, not re-trained.
 
-Writes ``data/results/rm_data_scaling.json`` (read by notebook 04): per fraction the numbers of prompts, texts and
-pairs, the accuracy on the test pairs and the agreement with the gold order. The held-out accuracy is only
+Writes ``data/results/rm_data_scaling.json`` (read by notebook 04): per fraction its train-movie prompts, texts, pairs
+and steps, the accuracy on the test pairs and the agreement with the gold order. The held-out accuracy is only
 monitored, never used to pick anything. Re-run it after every ``make assets`` that changes the pairs or the RM.
 """
 
