@@ -38,7 +38,7 @@ from .judge import BagOfWordsJudge, GoldJudge
 from .models import format_prompt, generate, load_tokenizer, make_config, save_model, train_tokenizer
 from .preferences import bayes_ceiling, make_pairs
 from .pretrain import bigram_perplexity, pretrain, stream_perplexity, token_stream, unigram_perplexity
-from .reward_model import evaluate_pairs, init_reward_model, train_reward_model
+from .reward_model import agreement_with_gold_order, evaluate_pairs, init_reward_model, train_reward_model
 from .sft import (
     REVIEW_INSTRUCTIONS,
     balance_tasks,
@@ -307,12 +307,10 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     save_model(rm, out / "models" / "rm", tokenizer)
     (out / "models" / "rm" / "history.json").write_text(json.dumps(history))
     result = evaluate_pairs(rm, tokenizer, test)
-    gold_order = torch.tensor([x["gold_chosen"] > x["gold_rejected"] for x in test])
-    rm_order = result["chosen"] > result["rejected"]
     p = torch.tensor([x["p_chosen"] for x in test])
     metrics = {"test_accuracy": round(result["accuracy"], 4), "test_bayes_ceiling": round(bayes_ceiling(p), 4),
                "gold_judge_test_accuracy": round((p > 0.5).float().mean().item(), 4),
-               "agreement_with_gold_order": round((rm_order == gold_order).float().mean().item(), 4),
+               "agreement_with_gold_order": round(agreement_with_gold_order(result["chosen"], result["rejected"], test), 4),
                "test_pairs": len(test), "train_pairs": len(train)}
     record(out, "rm", r, seed, out / "models" / "rm", metrics, time.time() - start)
 

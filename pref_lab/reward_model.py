@@ -112,6 +112,16 @@ def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size
             "loss": pairwise_loss(chosen, rejected).item(), "chosen": chosen, "rejected": rejected}
 
 
+def agreement_with_gold_order(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                              pairs: Sequence[Mapping]) -> float:
+    """Fraction of ``pairs`` that the rewards (each (N,)) order like the gold judge:
+    mean of [r_c > r_r] == [gold_c > gold_r]. Unlike accuracy it ignores the label noise, so it can exceed the ceiling."""
+    if len(pairs) != len(chosen_rewards) or len(pairs) != len(rejected_rewards):
+        raise ValueError(f"{len(pairs)} pairs but {len(chosen_rewards)} chosen and {len(rejected_rewards)} rejected rewards")
+    gold_order = torch.tensor([p["gold_chosen"] > p["gold_rejected"] for p in pairs])
+    return ((chosen_rewards > rejected_rewards) == gold_order).float().mean().item()
+
+
 def group_pairs_by_prompt(pairs: Sequence[Mapping]) -> list[dict]:
     """Pairs grouped by prompt, in order of first appearance: one dict per prompt,
     ``{"prompt": x, "completions": [y_0, y_1, ...], "pairs": [(chosen_index, rejected_index), ...]}``,

@@ -35,7 +35,7 @@ from pref_lab.assets import RECIPES
 from pref_lab.config import data_path
 from pref_lab.data import read_jsonl
 from pref_lab.models import load_tokenizer
-from pref_lab.reward_model import evaluate_pairs, init_reward_model, train_reward_model
+from pref_lab.reward_model import agreement_with_gold_order, evaluate_pairs, init_reward_model, train_reward_model
 
 SCHEMA = "pref_lab.rm_data_scaling/1"
 SUBSET_SEED = 0
@@ -83,8 +83,7 @@ def run_fraction(fraction: float) -> dict:
                                  lr=recipe["lr"], center_coef=recipe["center_coef"], seed=0,
                                  eval_every=max(1, steps // 4), progress=False)
     result = evaluate_pairs(rm, tokenizer, test)
-    gold_order = torch.tensor([p["gold_chosen"] > p["gold_rejected"] for p in test])
-    agreement = ((result["chosen"] > result["rejected"]) == gold_order).float().mean().item()
+    agreement = agreement_with_gold_order(result["chosen"], result["rejected"], test)
     return {"fraction": fraction, "extra_prompts": count_prompts(extra), "texts": count_texts(train),
             "pairs": len(train), "steps": steps, "test_accuracy": round(result["accuracy"], 4),
             "agreement_with_gold_order": round(agreement, 4),

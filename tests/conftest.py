@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 
 import pytest
 import torch
+
+from pref_lab.config import REPO_ROOT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -89,3 +92,14 @@ def letter_tokenizer():
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return wrap_tokenizer(tok)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("frontier")`` imports ``scripts/frontier.py`` as a fresh module (``scripts/`` is not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

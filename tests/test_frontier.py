@@ -3,7 +3,6 @@
 schema, whose counts match the configuration it ran."""
 
 import copy
-import importlib.util
 import json
 import math
 import time
@@ -25,13 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 ROOT = Path(__file__).resolve().parent.parent
 GOOD, BAD = ["a charming comedy", "great acting", "warm and funny"], ["a dull mess", "too long", "boring plot"]
 MOVIES = ["Alpha Dog", "Big Fish", "Cold Mountain", "Dark Water", "Eight Below", "Fast Five"]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("frontier_script", ROOT / "scripts" / "frontier.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +51,10 @@ def world_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_results(world_dir, tmp_path_factory):
+def tiny_results(world_dir, tmp_path_factory, load_script):
     out = tmp_path_factory.mktemp("results") / "frontier.json"
     start = time.perf_counter()
-    results = load_script().main(["--tiny", "--assets", str(world_dir), "--out", str(out), "--threads", "1"])
+    results = load_script("frontier").main(["--tiny", "--assets", str(world_dir), "--out", str(out), "--threads", "1"])
     return results, out, time.perf_counter() - start
 
 
@@ -157,19 +149,19 @@ def test_best_of_one_is_a_plain_sft_sample(tiny_results, world_dir):
     assert best_of_one["final"]["gold_reward"] == results["sft"]["gold_reward"]
 
 
-def test_a_run_gives_the_same_numbers_alone_as_in_the_grid(tiny_results, world_dir, tmp_path):
+def test_a_run_gives_the_same_numbers_alone_as_in_the_grid(tiny_results, world_dir, tmp_path, load_script):
     """Every run reseeds: run on its own (CLI overrides), PPO at one KL coefficient reproduces its grid curve."""
     results, _, _ = tiny_results
-    alone = load_script().main(["--tiny", "--assets", str(world_dir), "--out", str(tmp_path / "one.json"),
-                                "--methods", "ppo", "--set", "ppo.kl_coefs=[0.05]", "--threads", "1"])
+    alone = load_script("frontier").main(["--tiny", "--assets", str(world_dir), "--out", str(tmp_path / "one.json"),
+                                          "--methods", "ppo", "--set", "ppo.kl_coefs=[0.05]", "--threads", "1"])
     assert alone["config"]["ppo"]["kl_coefs"] == [0.05] and len(alone["runs"]) == 1
     numbers = lambda run: [{k: v for k, v in p.items() if k != "train_seconds"} for p in run["curve"]]
     in_grid = next(r for r in results["runs"] if r["name"] == "ppo/kl_coef=0.05")
     assert numbers(alone["runs"][0]) == numbers(in_grid)
 
 
-def test_bad_overrides_and_broken_results_raise(tiny_results):
-    script = load_script()
+def test_bad_overrides_and_broken_results_raise(tiny_results, load_script):
+    script = load_script("frontier")
     config = copy.deepcopy(CONFIGS["tiny"])
     with pytest.raises(ValueError, match="unknown key 'stepz'"):
         script.apply_override(config, "ppo.stepz=3")

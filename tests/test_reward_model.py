@@ -16,6 +16,7 @@ from pref_lab.logprobs import tokenize_completions
 from pref_lab.models import format_prompt, load_tokenizer, train_tokenizer
 from pref_lab.reward_model import (
     _group_rewards,
+    agreement_with_gold_order,
     evaluate_pairs,
     group_pairs_by_prompt,
     init_reward_model,
@@ -72,6 +73,18 @@ def pairs(tokenizer):
 
 
 # ----------------------------------------------------------------------------- the loss
+def test_agreement_with_gold_order_by_hand():
+    pairs = [{"gold_chosen": 1.0, "gold_rejected": 0.0},   # gold agrees with the label
+             {"gold_chosen": -1.0, "gold_rejected": 2.0},  # the label went against gold (label noise)
+             {"gold_chosen": 0.5, "gold_rejected": 0.4},
+             {"gold_chosen": 3.0, "gold_rejected": 1.0}]
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 1.0, 5.0])
+    # RM orders: c>r, r>c (agrees with gold on the noisy pair), tie (counts as r>=c: disagrees), r>c (disagrees)
+    assert agreement_with_gold_order(chosen, rejected, pairs) == 0.5
+    with pytest.raises(ValueError, match="4 pairs"):
+        agreement_with_gold_order(chosen[:3], rejected[:3], pairs)
+
+
 def test_pairwise_loss_hand_computed():
     r_c, r_r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     # -log sigma(1) = log(1 + e^-1); -log sigma(-2) = log(1 + e^2); centering: ((1+0)^2 + (0+2)^2) / 2 = 2.5

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from pref_lab.config import REPO_ROOT, data_path
+from pref_lab.config import data_path
 from pref_lab.data import read_jsonl
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("rm_data_scaling", REPO_ROOT / "scripts" / "rm_data_scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_pairs(n_prompts: int, per_prompt: int = 3) -> list[dict]:
     return [{"prompt": f"p{i}", "chosen": f"c{i}-{j}", "rejected": f"r{i}"} for i in range(n_prompts) for j in range(per_prompt)]
 
 
-def test_subsets_keep_whole_prompts_are_nested_and_keep_order():
-    scaling = load_script()
+def test_subsets_keep_whole_prompts_are_nested_and_keep_order(load_script):
+    scaling = load_script("rm_data_scaling")
     pairs = make_pairs(40)
     subsets = {f: scaling.nested_prompt_subset(pairs, f) for f in (0.125, 0.25, 0.5, 1.0)}
     assert subsets[1.0] == pairs  # all of it, in order: fraction 1 is the shipped RM's training list
@@ -37,8 +29,8 @@ def test_subsets_keep_whole_prompts_are_nested_and_keep_order():
         assert subset == [p for p in pairs if p["prompt"] in prompts]  # original order
 
 
-def test_subset_rounds_up_and_rejects_bad_fractions():
-    scaling = load_script()
+def test_subset_rounds_up_and_rejects_bad_fractions(load_script):
+    scaling = load_script("rm_data_scaling")
     pairs = make_pairs(10)
     assert len({p["prompt"] for p in scaling.nested_prompt_subset(pairs, 0.01)}) == 1
     assert len({p["prompt"] for p in scaling.nested_prompt_subset(pairs, 0.15)}) == 2  # ceil(1.5)
@@ -47,8 +39,8 @@ def test_subset_rounds_up_and_rejects_bad_fractions():
             scaling.nested_prompt_subset(pairs, bad)
 
 
-def test_counts_of_distinct_texts_and_prompts():
-    scaling = load_script()
+def test_counts_of_distinct_texts_and_prompts(load_script):
+    scaling = load_script("rm_data_scaling")
     pairs = [{"prompt": "a", "chosen": "x", "rejected": "y"}, {"prompt": "a", "chosen": "y", "rejected": "z"},
              {"prompt": "b", "chosen": "x", "rejected": "y"}]
     assert scaling.count_texts(pairs) == 5  # (a,x) (a,y) (a,z) (b,x) (b,y): the same text under two prompts is two

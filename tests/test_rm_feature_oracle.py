@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from pref_lab.config import REPO_ROOT
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("rm_feature_oracle", REPO_ROOT / "scripts" / "rm_feature_oracle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_feature_differences_by_hand():
-    oracle = load_script()
+def test_feature_differences_by_hand(load_script):
+    oracle = load_script("rm_feature_oracle")
     index = {"great": 0, "dull": 1, "not great": 2}
     pairs = [{"chosen": "Great fun, great cast.", "rejected": "A dull film."},   # presence, not counts
              {"chosen": "not great", "rejected": "great"}]                      # shared features cancel
@@ -25,8 +14,8 @@ def test_feature_differences_by_hand():
     torch.testing.assert_close(dense, torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]]))
 
 
-def test_fit_recovers_which_feature_wins():
-    oracle = load_script()
+def test_fit_recovers_which_feature_wins(load_script):
+    oracle = load_script("rm_feature_oracle")
     index = {"good": 0, "bad": 1, "film": 2}
     pairs = [{"chosen": "good film", "rejected": "bad film"}] * 3 + [{"chosen": "film", "rejected": "bad film"}] * 3
     w = oracle.fit_bradley_terry(oracle.feature_differences(pairs, index), l2=1e-2).squeeze(1)

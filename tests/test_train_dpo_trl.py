@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,13 +17,6 @@ from pref_lab.config import REPO_ROOT, data_path
 
 SCRIPT = REPO_ROOT / "scripts" / "train_dpo_trl.py"
 CONFIGS = REPO_ROOT / "scripts" / "accelerate"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_dpo_trl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +116,8 @@ def test_accelerate_configs_parse_into_the_intended_plugin(name, launcher, monke
         assert plugin.state_dict_type.name == "FULL_STATE_DICT"  # one ordinary safetensors file at the end
 
 
-def test_script_refuses_bad_input(tmp_path):
-    script = load_script()
+def test_script_refuses_bad_input(tmp_path, load_script):
+    script = load_script("train_dpo_trl")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--bf16 needs a CUDA GPU"):
             script.parse_args(["--bf16"])
@@ -137,12 +129,12 @@ def test_script_refuses_bad_input(tmp_path):
         script.load_jsonl(str(tmp_path / "absent.jsonl"))
 
 
-def test_course_rows_become_chat_messages_for_other_tokenizers(model_dir, word_tokenizer):
+def test_course_rows_become_chat_messages_for_other_tokenizers(model_dir, word_tokenizer, load_script):
     from datasets import Dataset
 
     from pref_lab.models import load_tokenizer
 
-    script = load_script()
+    script = load_script("train_dpo_trl")
     row = {"prompt": "<|user|>Write a review of Jaws.<|assistant|>", "chosen": "tense", "rejected": "dull"}
     rows = Dataset.from_list([row])
     assert not script.wants_messages("auto", load_tokenizer(model_dir), rows)  # the course's tokenizer: keep the text
