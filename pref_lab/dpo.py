@@ -24,21 +24,18 @@ Same numbers as TRL 1.16's ``DPOTrainer`` (``loss_type="sigmoid"``): loss, gradi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .config import get_device, seed_everything
+from .config import model_device, same_device, seed_everything
 from .logprobs import sequence_logprobs, tokenize_completions
-from .models import disable_dropout
-
-# A preference loss other than DPO's (notebook 12): per-pair losses (P,) from the batch's quantities,
-#   loss_fn(pi_logps (B,), ref_logps (B,), yw_ids (P,), yl_ids (P,), lengths (B,)) -> losses (P,),
-# where lengths are the completion token counts (EOS included), for length-normalised losses such as SimPO.
-PairLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from .losses import PairLossFn
+from .models import disable_dropout, evaluating
+from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
 def dpo_loss(
@@ -162,24 +159,102 @@ def precompute_reference_logps(
     dataset,
     batch_size: int = 32,
     max_length: int = 128,
-    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi_ref(chosen|x) and log pi_ref(rejected|x) for every pair: two tensors of shape (N,).
+    """log pi_ref(chosen|x) and log pi_ref(rejected|x) for every pair: two tensors of shape (N,), on the CPU.
 
     The reference never changes, so its log-probs can be computed once before training (TRL's
     ``precompute_ref_log_probs=True``); each training step then needs one forward pass, not two.
+    Runs on ``reference``'s device, in eval mode (its mode is restored after).
     """
-    device = get_device(device)
-    reference.to(device).eval()
+    device = model_device(reference)
     prompts, chosen, rejected = _columns(dataset)
     ref_chosen, ref_rejected = [], []
-    for start in range(0, len(prompts), batch_size):
-        sl = slice(start, start + batch_size)
-        batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts[sl], chosen[sl], rejected[sl], max_length)
-        ref_logps = sequence_logprobs(reference, **{k: v.to(device) for k, v in batch.items()}).cpu()
-        ref_chosen.append(ref_logps[yw_ids])
-        ref_rejected.append(ref_logps[yl_ids])
+    with evaluating(reference):
+        for start in range(0, len(prompts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts[sl], chosen[sl], rejected[sl], max_length)
+            ref_logps = sequence_logprobs(reference, **{k: v.to(device) for k, v in batch.items()}).cpu()
+            ref_chosen.append(ref_logps[yw_ids])
+            ref_rejected.append(ref_logps[yl_ids])
     return torch.cat(ref_chosen), torch.cat(ref_rejected)
+
+
+# ----------------------------------------------------------------------------- one step
+def dpo_forward(policy, batch: dict[str, torch.Tensor], ref_logps: torch.Tensor, yw_ids: torch.Tensor,
+                yl_ids: torch.Tensor, beta: float, loss_fn: PairLossFn | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The policy's side of one DPO step on a 2P-row batch whose reference log-probs ``ref_logps`` (B,) are known.
+
+    ``batch``: ``input_ids``, ``attention_mask``, ``completion_mask`` (B, T) on the policy's device (rows:
+    chosen..., rejected..., as :func:`build_preference_batch` lays them out). Returns ``(losses (P,), rewards (B,),
+    pi_logps (B,))``: :func:`dpo_loss`'s, or ``loss_fn``'s losses with DPO's implicit rewards (as TRL logs them).
+    """
+    pi_logps = sequence_logprobs(policy, **batch)
+    losses, rewards = dpo_loss(pi_logps, ref_logps, yw_ids, yl_ids, beta)
+    if loss_fn is not None:  # another loss; the logged rewards stay DPO's implicit rewards (as in TRL)
+        losses = loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, batch["completion_mask"].sum(-1))
+        if losses.shape != yw_ids.shape:
+            raise ValueError(f"loss_fn returned shape {tuple(losses.shape)}; expected one loss per pair, "
+                             f"{tuple(yw_ids.shape)} (do not take the mean inside loss_fn)")
+    return losses, rewards, pi_logps
+
+
+def dpo_step(policy, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], ref_logps: torch.Tensor,
+             yw_ids: torch.Tensor, yl_ids: torch.Tensor, beta: float, *, where: str, max_grad_norm: float | None = 1.0,
+             loss_fn: PairLossFn | None = None) -> dict[str, float]:
+    """One gradient step on ``losses.mean()`` (:func:`dpo_forward`), its gradient clipped at ``max_grad_norm``.
+
+    Shared by offline DPO (:func:`train_dpo`) and online DPO (:func:`pref_lab.online.train_online_dpo`): only
+    where the pairs come from differs. Returns :func:`dpo_metrics` of the batch, measured before the update;
+    a non-finite loss raises ``RuntimeError`` naming ``where`` (e.g. "DPO step 7").
+    """
+    losses, rewards, pi_logps = dpo_forward(policy, batch, ref_logps, yw_ids, yl_ids, beta, loss_fn)
+    loss = losses.mean()
+    check_finite(loss, where)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
+    optimizer.step()
+    return dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids)
+
+
+def dpo_batch(policy, reference, tokenizer, prompts, chosen, rejected, ref_chosen=None, ref_rejected=None,
+              max_length: int = 128) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of text pairs, ready for :func:`dpo_forward`: ``(batch, ref_logps, yw_ids, yl_ids)`` on the
+    policy's device. ``ref_logps`` are the precomputed ``ref_chosen``/``ref_rejected`` (P,) when given, else the
+    frozen reference's, computed here without gradients."""
+    device = model_device(policy)
+    batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts, chosen, rejected, max_length)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if ref_chosen is not None:
+        ref_logps = torch.cat([ref_chosen, ref_rejected]).to(device)  # rows are [chosen..., rejected...]
+    else:
+        with torch.no_grad():
+            ref_logps = sequence_logprobs(reference, **batch)
+    return batch, ref_logps, yw_ids.to(device), yl_ids.to(device)
+
+
+@torch.no_grad()
+def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size: int = 64, max_length: int = 128,
+                 loss_fn: PairLossFn | None = None) -> dict[str, float]:
+    """DPO metrics on a whole dataset (means over all its pairs), both models in eval mode (modes restored after).
+
+    ``loss`` is ``loss_fn``'s (default: DPO's); the ``rewards/*`` are always DPO's implicit rewards.
+    """
+    same_device(policy=policy, reference=reference)
+    prompts, chosen, rejected = _columns(dataset)
+    totals: dict[str, float] = {}
+    with evaluating(policy, reference):
+        for start in range(0, len(prompts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch, ref_logps, yw_ids, yl_ids = dpo_batch(policy, reference, tokenizer, prompts[sl], chosen[sl],
+                                                         rejected[sl], max_length=max_length)
+            losses, rewards, pi_logps = dpo_forward(policy, batch, ref_logps, yw_ids, yl_ids, beta, loss_fn)
+            n = len(prompts[sl])
+            for key, value in dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids).items():
+                totals[key] = totals.get(key, 0.0) + value * n  # weight by batch size: a mean over all pairs
+    return {key: value / len(prompts) for key, value in totals.items()}
 
 
 # ----------------------------------------------------------------------------- training
@@ -193,51 +268,6 @@ def _pair_batches(n_pairs: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
-def _dpo_step_quantities(policy, reference, tokenizer, prompts, chosen, rejected, beta, device,
-                         ref_chosen=None, ref_rejected=None, max_length=128, loss_fn: PairLossFn | None = None):
-    """Forward both models on one batch of pairs; returns (losses, rewards, pi_logps, yw_ids, yl_ids)."""
-    batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts, chosen, rejected, max_length)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    yw_ids, yl_ids = yw_ids.to(device), yl_ids.to(device)
-    pi_logps = sequence_logprobs(policy, **batch)
-    if ref_chosen is not None:
-        ref_logps = torch.cat([ref_chosen, ref_rejected]).to(device)  # rows are [chosen..., rejected...]
-    else:
-        with torch.no_grad():
-            ref_logps = sequence_logprobs(reference, **batch)
-    losses, rewards = dpo_loss(pi_logps, ref_logps, yw_ids, yl_ids, beta)
-    if loss_fn is not None:  # another loss; the logged rewards stay DPO's implicit rewards (as in TRL)
-        losses = loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, batch["completion_mask"].sum(-1))
-        if losses.shape != yw_ids.shape:
-            raise ValueError(f"loss_fn returned shape {tuple(losses.shape)}; expected one loss per pair, "
-                             f"{tuple(yw_ids.shape)} (do not take the mean inside loss_fn)")
-    return losses, rewards, pi_logps, yw_ids, yl_ids
-
-
-@torch.no_grad()
-def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size: int = 64,
-                 device: str | torch.device | None = None, max_length: int = 128,
-                 loss_fn: PairLossFn | None = None) -> dict[str, float]:
-    """DPO metrics on a whole dataset (means over all its pairs), policy in eval mode.
-
-    ``loss`` is ``loss_fn``'s (default: DPO's); the ``rewards/*`` are always DPO's implicit rewards.
-    """
-    device = get_device(device)
-    was_training = policy.training
-    policy.eval()
-    prompts, chosen, rejected = _columns(dataset)
-    totals: dict[str, float] = {}
-    for start in range(0, len(prompts), batch_size):
-        sl = slice(start, start + batch_size)
-        quantities = _dpo_step_quantities(policy, reference, tokenizer, prompts[sl], chosen[sl], rejected[sl],
-                                          beta, device, max_length=max_length, loss_fn=loss_fn)
-        n = len(prompts[sl])
-        for key, value in dpo_metrics(*quantities).items():
-            totals[key] = totals.get(key, 0.0) + value * n  # weight by batch size: a mean over all pairs
-    policy.train(was_training)
-    return {key: value / len(prompts) for key, value in totals.items()}
-
-
 def train_dpo(
     policy,
     reference,
@@ -248,47 +278,48 @@ def train_dpo(
     batch_size: int,
     lr: float,
     seed: int,
-    device: str | torch.device | None = None,
-    eval_dataset=None,
-    eval_every: int = 50,
-    callback: Callable[[dict], None] | None = None,
-    progress: bool = True,
+    *,
     precompute_ref_logps: bool = False,
-    max_grad_norm: float = 1.0,
+    max_grad_norm: float | None = 1.0,
     max_length: int = 128,
     loss_fn: PairLossFn | None = None,
+    eval_fn: EvalFn | None = None,
+    eval_every: int = 50,
+    callback: Callback | None = None,
+    progress: bool = True,
 ) -> list[dict]:
-    """Train ``policy`` with the DPO loss against a frozen ``reference``; returns the history.
+    """Train ``policy`` with the DPO loss against a frozen ``reference``, on their (shared) device; returns the history.
 
     A plain loop: each step samples ``batch_size`` pairs (a new random order every epoch), runs the
     policy (with grad) and the reference (eval mode, no grad) on one 2P-row batch, and takes an AdamW
-    step on ``dpo_loss(...)[0].mean()`` with gradient clipping at ``max_grad_norm`` (TRL's default 1.0).
-    Dropout is switched off in the policy, as TRL does by default (see :func:`disable_dropout`).
+    step on ``dpo_loss(...)[0].mean()`` with gradient clipping at ``max_grad_norm`` (TRL's default 1.0):
+    :func:`dpo_step`. Dropout is switched off in the policy, as TRL does by default (see :func:`disable_dropout`);
+    the reference is put in eval mode and never given to the optimizer.
 
     ``dataset``: a ``datasets.Dataset`` or a list of dicts with text columns ``prompt`` (already
     chat-formatted), ``chosen`` and ``rejected`` (plain completions; EOS is appended).
     ``precompute_ref_logps=True`` computes log pi_ref for the whole dataset once, before training.
-    ``loss_fn`` swaps in another per-pair loss (IPO, hinge, SimPO, ... from :mod:`pref_lab.losses`), called as
-    ``loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, lengths) -> (P,)`` on the same batch (see :data:`PairLossFn`);
-    ``beta`` then only scales the logged implicit rewards. Default: DPO's loss.
+    ``loss_fn`` swaps in another per-pair loss (IPO, hinge, SimPO, ... from :mod:`pref_lab.losses`, e.g.
+    ``pair_loss_fn(ipo_loss, beta=0.1)``), called as ``loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, lengths) -> (P,)``
+    on the same batch (see :data:`PairLossFn`); ``beta`` then only scales the logged implicit rewards.
 
-    History: one dict per step, ``{"step", "loss", "rewards/chosen", "rewards/rejected",
-    "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"}`` (batch means); when
-    ``eval_dataset`` is given, step 0, every ``eval_every`` steps and the last step also carry the
-    same metrics on it with an ``eval_`` prefix (TRL's naming). ``callback(record)`` is called after each
-    step. A non-finite loss raises ``RuntimeError`` naming the step.
+    History (:mod:`pref_lab.training`): one row per step, ``{"step", "samples": 0, "pairs", "loss",
+    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+    "logps/rejected"}`` (means over the step's batch, before its update), with ``eval_fn(policy)`` (e.g.
+    :func:`evaluate_dpo` on held-out pairs) under ``"eval"`` every ``eval_every`` steps and after the last one.
+    A non-finite loss raises ``RuntimeError`` naming the step.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_steps(steps, eval_every)
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if policy is reference:
         raise ValueError("policy and reference are the same object: pass a copy, e.g. copy.deepcopy(reference)")
+    same_device(policy=policy, reference=reference)
     generator = seed_everything(seed)
-    device = get_device(device)
     prompts, chosen, rejected = _columns(dataset)
-    policy.to(device)
-    reference.to(device).eval()  # frozen: eval mode, used only under torch.no_grad(), not given to the optimizer
+    reference.eval()  # frozen: eval mode, used only under torch.no_grad(), not given to the optimizer
     disable_dropout(policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     if not trainable:
@@ -296,46 +327,26 @@ def train_dpo(
 
     ref_chosen = ref_rejected = None
     if precompute_ref_logps:
-        ref_chosen, ref_rejected = precompute_reference_logps(reference, tokenizer, dataset, batch_size,
-                                                              max_length, device)
+        ref_chosen, ref_rejected = precompute_reference_logps(reference, tokenizer, dataset, batch_size, max_length)
 
     optimizer = torch.optim.AdamW(trainable, lr=lr)
     batches = _pair_batches(len(prompts), batch_size, generator)
     history: list[dict] = []
+    pairs_seen = 0
     bar = tqdm(range(1, steps + 1), desc="DPO", disable=not progress)
-    eval_metrics = {}
-    if eval_dataset is not None:
-        eval_metrics = evaluate_dpo(policy, reference, tokenizer, eval_dataset, beta, device=device,
-                                    max_length=max_length, loss_fn=loss_fn)
-        history.append({"step": 0, **{f"eval_{k}": v for k, v in eval_metrics.items()}})
     for step in bar:
         policy.train()
         idx = next(batches).tolist()
-        losses, rewards, pi_logps, yw_ids, yl_ids = _dpo_step_quantities(
-            policy, reference, tokenizer,
-            [prompts[i] for i in idx], [chosen[i] for i in idx], [rejected[i] for i in idx], beta, device,
-            ref_chosen=None if ref_chosen is None else ref_chosen[idx],
-            ref_rejected=None if ref_rejected is None else ref_rejected[idx],
-            max_length=max_length, loss_fn=loss_fn,
-        )
-        loss = losses.mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"DPO step {step}: loss is {loss.item()} (try a smaller lr or beta)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-        optimizer.step()
-
-        record = {"step": step, **dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids)}
-        if eval_dataset is not None and (step % eval_every == 0 or step == steps):
-            eval_metrics = evaluate_dpo(policy, reference, tokenizer, eval_dataset, beta, device=device,
-                                        max_length=max_length, loss_fn=loss_fn)
-            record.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['rewards/margins']:.3f}")
-        if callback is not None:
-            callback(record)
+        batch, ref_logps, yw_ids, yl_ids = dpo_batch(
+            policy, reference, tokenizer, [prompts[i] for i in idx], [chosen[i] for i in idx],
+            [rejected[i] for i in idx], ref_chosen=None if ref_chosen is None else ref_chosen[idx],
+            ref_rejected=None if ref_rejected is None else ref_rejected[idx], max_length=max_length)
+        metrics = dpo_step(policy, optimizer, batch, ref_logps, yw_ids, yl_ids, beta, where=f"DPO step {step}",
+                           max_grad_norm=max_grad_norm, loss_fn=loss_fn)
+        pairs_seen += len(idx)
+        row = log_step(history, {"step": step, "samples": 0, "pairs": pairs_seen, **metrics}, policy, steps,
+                       eval_fn, eval_every, callback)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", margin=f"{row['rewards/margins']:.3f}")
     policy.eval()
     return history
 
@@ -350,23 +361,22 @@ def implicit_rewards(
     completions: Sequence[str],
     beta: float,
     batch_size: int = 64,
-    device: str | torch.device | None = None,
     max_length: int = 128,
 ) -> torch.Tensor:
-    """DPO's implicit reward r_hat(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) per row: shape (N,).
+    """DPO's implicit reward r_hat(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) per row: shape (N,), on the CPU.
 
     Completions are texts (EOS appended). Up to a prompt-only term beta*log Z(x), this is the reward
     the DPO policy is optimal for, so it ranks completions of the same prompt like a reward model.
+    Both models run where they live (one device), in eval mode (their modes are restored after).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    device = get_device(device)
-    policy.to(device).eval()
-    reference.to(device).eval()
+    device = same_device(policy=policy, reference=reference)
     rewards = []
-    for start in range(0, len(prompts), batch_size):
-        sl = slice(start, start + batch_size)
-        batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        rewards.append(beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
+    with evaluating(policy, reference):
+        for start in range(0, len(prompts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            rewards.append(beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
     return torch.cat(rewards)

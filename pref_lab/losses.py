@@ -6,7 +6,8 @@ Notation, per pair i (all tensors of shape (P,)):
     rejected_logratios = log pi(y_l|x) - log pi_ref(y_l|x)
     h = chosen_logratios - rejected_logratios                     (the DPO "logits")
 
-Every function returns the per-pair (or per-example) loss; train on its ``.mean()``.
+Every function returns the per-pair (or per-example) loss; train on its ``.mean()``. Each one plugs into the DPO
+trainer as it is, through :func:`pair_loss_fn`: ``train_dpo(..., loss_fn=pair_loss_fn(ipo_loss, beta=0.1))``.
 Conventions follow TRL 1.16 (``trl/trainer/dpo_trainer.py`` ``DPOTrainer._compute_loss``,
 ``trl/experimental/cpo/cpo_trainer.py``, ``trl/experimental/orpo/orpo_trainer.py``,
 ``trl/trainer/kto_trainer.py``); where we differ, the docstring says so.
@@ -14,8 +15,16 @@ Conventions follow TRL 1.16 (``trl/trainer/dpo_trainer.py`` ``DPOTrainer._comput
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+# What the DPO trainer calls instead of DPO's loss (``train_dpo(loss_fn=...)``): per-pair losses (P,) from one
+# batch of 2P rows laid out [chosen..., rejected...],
+#   loss_fn(pi_logps (B,), ref_logps (B,), yw_ids (P,), yl_ids (P,), lengths (B,)) -> losses (P,),
+# where lengths are the completion token counts (EOS included), for length-normalised losses such as SimPO.
+PairLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _margin(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> torch.Tensor:
@@ -120,3 +129,38 @@ def kto_loss(logratios: torch.Tensor, desirable: torch.Tensor, beta: float, z_re
     gain = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z_ref)))
     loss_aversion = undesirable_weight * (1 - torch.sigmoid(beta * (z_ref - logratios)))
     return torch.where(desirable, gain, loss_aversion)
+
+
+# ----------------------------------------------------------------------------- into the DPO trainer
+def pair_loss_fn(loss: Callable[..., torch.Tensor], **params) -> PairLossFn:
+    """One of this module's losses as the DPO trainer's ``loss_fn`` (:data:`PairLossFn`), with its other
+    arguments (``beta``, ``gamma``, ...) fixed: ``pair_loss_fn(simpo_loss, beta=2.0, gamma=1.0)``.
+
+    Each loss is fed the per-pair quantities its paper defines, read off the batch:
+
+    - DPO, cDPO, IPO, hinge: the log-ratios log pi - log pi_ref of y_w and y_l (IPO, given ``lengths=True``,
+      also the completion lengths, for TRL's per-token average);
+    - SimPO, ORPO: the length-normalised log-probs log pi(y|x) / |y| (reference-free);
+    - KTO: every completion as one unpaired example, y_w desirable and y_l undesirable, with the reference point
+      z_ref = max(0, mean log-ratio of the batch), detached (TRL estimates it from mismatched pairs instead); the
+      two examples of a pair are averaged, so the mean over pairs is the mean over the batch's examples.
+    """
+    if loss in (dpo_sigmoid_loss, cdpo_loss, hinge_loss):
+        return lambda pi, ref, yw, yl, lengths: loss((pi - ref)[yw], (pi - ref)[yl], **params)
+    if loss is ipo_loss:
+        per_token = params.pop("lengths", False)
+        if per_token:
+            return lambda pi, ref, yw, yl, lengths: loss((pi - ref)[yw], (pi - ref)[yl], **params,
+                                                          chosen_lengths=lengths[yw], rejected_lengths=lengths[yl])
+        return lambda pi, ref, yw, yl, lengths: loss((pi - ref)[yw], (pi - ref)[yl], **params)
+    if loss in (simpo_loss, orpo_loss):
+        return lambda pi, ref, yw, yl, lengths: loss((pi / lengths)[yw], (pi / lengths)[yl], **params)
+    if loss is kto_loss:
+        def kto(pi, ref, yw, yl, lengths):
+            logratios = torch.cat([(pi - ref)[yw], (pi - ref)[yl]])
+            desirable = torch.cat([torch.ones_like(yw, dtype=torch.bool), torch.zeros_like(yl, dtype=torch.bool)])
+            z_ref = logratios.detach().mean().clamp(min=0)
+            per_example = loss(logratios, desirable, z_ref=z_ref, **params)
+            return (per_example[: len(yw)] + per_example[len(yw):]) / 2
+        return kto
+    raise ValueError(f"{getattr(loss, '__name__', loss)!r} is not a loss of pref_lab.losses")

@@ -9,7 +9,8 @@ Chat format (one user turn, one assistant turn)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from .config import data_path, get_device
+from .config import data_path, get_device, model_device
 
 # Our checkpoints load in milliseconds: transformers' per-file "Loading weights" bars are only noise in notebooks.
 hf_logging.disable_progress_bar()
@@ -152,7 +153,7 @@ def generate(
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (sampling); use top_k=1 for greedy")
-    device = next(model.parameters()).device
+    device = model_device(model)
     if seed is not None:
         torch.manual_seed(seed)
     was_training = model.training
@@ -187,7 +188,35 @@ def generate(
     tokenizer.padding_side = padding_side
     if return_ids:
         return outputs
-    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+    return decode_completions(tokenizer, outputs)
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerFast, completion_ids: Sequence[torch.Tensor]) -> list[str]:
+    """The texts a judge reads: each completion's ids decoded with special tokens (EOS) dropped, whitespace stripped."""
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in completion_ids]
+
+
+def ends_with_eos(completion_ids: Sequence[torch.Tensor], eos_token_id: int) -> torch.Tensor:
+    """(N,) bool: completion i finished, i.e. its last id is EOS (one without EOS ran into the length limit)."""
+    return torch.tensor([len(ids) > 0 and int(ids[-1]) == eos_token_id for ids in completion_ids], dtype=torch.bool)
+
+
+def eos_rate(completion_ids: Sequence[torch.Tensor], eos_token_id: int) -> float:
+    """Share of completions that ended with EOS (see :func:`ends_with_eos`)."""
+    return ends_with_eos(completion_ids, eos_token_id).float().mean().item() if len(completion_ids) else 0.0
+
+
+@contextmanager
+def evaluating(*models: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off) for ``models`` inside the block; each model's own mode is restored after."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -36,11 +36,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .config import seed_everything
-from .dpo import dpo_loss, dpo_metrics
+from .config import model_device, same_device, seed_everything
+from .dpo import dpo_step
 from .logprobs import sequence_logprobs, tokenize_completions
-from .models import disable_dropout, generate
+from .losses import PairLossFn
+from .models import decode_completions, disable_dropout, eos_rate, evaluating, generate
 from .reward_model import score_texts
+from .training import Callback, EvalFn, check_steps, log_step
 
 Judge = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 """``judge(prompts, completion_texts) -> (N,)`` scores; higher is better. Both lists have N entries."""
@@ -133,7 +135,7 @@ class OnlineDPOConfig:
 def _round_metrics(texts, scores, selection, gold_fn) -> dict:
     """What the judge (and, if given, the gold judge) saw this round, before any update."""
     n_kept = len(selection["prompt_index"])
-    record = {"pairs": n_kept, "skipped/ties": selection["ties"], "skipped/identical": selection["identical"],
+    record = {"round/pairs": n_kept, "skipped/ties": selection["ties"], "skipped/identical": selection["identical"],
               "judge/score": scores.mean().item()}
     if n_kept:
         record["judge/margin"] = selection["margin"].mean().item()
@@ -151,37 +153,41 @@ def _round_metrics(texts, scores, selection, gold_fn) -> dict:
 
 def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge: Judge,
                      config: OnlineDPOConfig | None = None, *, gold_fn: Callable[[list[str]], torch.Tensor] | None = None,
-                     eval_fn: Callable[[object], dict] | None = None, eval_every: int = 10,
-                     callback: Callable[[dict], None] | None = None, progress: bool = True) -> list[dict]:
+                     loss_fn: PairLossFn | None = None, eval_fn: EvalFn | None = None, eval_every: int = 10,
+                     callback: Callback | None = None, progress: bool = True) -> list[dict]:
     """Online DPO: each round samples from ``policy``, labels with ``judge`` and takes DPO steps vs ``reference``.
 
     ``prompts`` are chat-formatted (ending in ``<|assistant|>``); ``judge(prompts, texts) -> (N,)``;
-    ``gold_fn(texts) -> (N,)`` (optional) logs the gold reward of the fresh samples.
+    ``gold_fn(texts) -> (N,)`` (optional) logs the gold reward of the fresh samples. Both models live on one
+    device; the reference is put in eval mode and never trained. Each gradient step is offline DPO's
+    (:func:`pref_lab.dpo.dpo_step`, with ``loss_fn`` as there).
 
-    History: one dict per round with ``round``, ``step`` (optimizer steps so far), ``samples`` (generated so
-    far), ``pairs``, ``skipped/ties``, ``skipped/identical``, ``judge/score`` (mean over all samples),
-    ``judge/margin`` (mean chosen - rejected score), ``samples/eos_rate``; with ``gold_fn`` also
-    ``gold/reward``, ``gold/margin`` and ``gold/label_agreement`` (share of pairs the gold judge orders the
-    same way). When the round had pairs: offline DPO's metrics (``loss``, ``rewards/*``, ``logps/*``, means over
-    the round's steps, measured before each step's update). ``eval_fn(policy)`` every ``eval_every`` rounds
-    and at the end, as in :func:`pref_lab.ppo.train_ppo`. A non-finite loss raises naming the round.
+    History (:mod:`pref_lab.training`): one row per round, ``step`` = rounds done, ``samples`` (generated so far),
+    ``pairs`` (pairs consumed by gradient steps so far, epochs included); the round's ``round/pairs``,
+    ``skipped/ties``, ``skipped/identical``, ``judge/score`` (mean over all samples), ``judge/margin`` (mean chosen -
+    rejected score), ``samples/eos_rate``, ``optimizer_steps`` (so far); with ``gold_fn`` also ``gold/reward``,
+    ``gold/margin`` and ``gold/label_agreement`` (share of pairs the gold judge orders the same way). When the round
+    had pairs: offline DPO's metrics (``loss``, ``rewards/*``, ``logps/*``, means over the round's steps, each
+    measured before its update). ``eval_fn(policy)`` under ``"eval"`` every ``eval_every`` rounds and after the last.
+    A non-finite loss raises naming the round.
     """
     config = config or OnlineDPOConfig()
     if len(prompts) < config.prompts_per_round or any(not p for p in prompts):
         raise ValueError(f"need at least prompts_per_round={config.prompts_per_round} non-empty prompts, got {len(prompts)}")
     if policy is reference:
         raise ValueError("policy and reference are the same object: pass a copy, e.g. copy.deepcopy(reference)")
+    check_steps(config.rounds, eval_every)
+    device = same_device(policy=policy, reference=reference)
     generator = seed_everything(config.seed)
-    device = next(policy.parameters()).device
-    reference.to(device).eval()  # frozen: used only under no_grad, never given to the optimizer
+    reference.eval()  # frozen: used only under no_grad, never given to the optimizer
     disable_dropout(policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the policy has no parameter with requires_grad=True")
     optimizer = torch.optim.AdamW(trainable, lr=config.lr)
     max_length = getattr(policy.config, "n_positions", 1024)
-    k, n_steps, n_samples, history = config.completions_per_prompt, 0, 0, []
-    bar = tqdm(range(config.rounds), desc="online DPO", disable=not progress)
+    k, n_steps, n_samples, n_pairs_seen, history = config.completions_per_prompt, 0, 0, 0, []
+    bar = tqdm(range(1, config.rounds + 1), desc="online DPO", disable=not progress)
     for round_index in bar:
         # 1. fresh samples from the current policy, k per prompt (rows i*k .. i*k+k-1 belong to prompt i)
         picks = torch.randperm(len(prompts), generator=generator)[:config.prompts_per_round]
@@ -190,7 +196,7 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge
         ids = generate(policy, tokenizer, [p for p in round_prompts for _ in range(k)], max_new_tokens=config.max_new_tokens,
                        temperature=config.temperature, batch_size=len(round_prompts) * k, seed=seed, progress=False,
                        return_ids=True)
-        flat_texts = [tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+        flat_texts = decode_completions(tokenizer, ids)
         n_samples += len(ids)
         # 2. the judge labels them; 3. one pair per prompt
         scores = torch.as_tensor(judge([p for p in round_prompts for _ in range(k)], flat_texts)).float().cpu()
@@ -198,11 +204,11 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge
             raise ValueError(f"round {round_index}: judge must return {len(flat_texts)} scores, got {tuple(scores.shape)}")
         texts = [flat_texts[i * k:(i + 1) * k] for i in range(len(round_prompts))]
         selection = select_pairs(texts, scores.view(-1, k), config.tie_tolerance)
-        record = {"round": round_index, **_round_metrics(texts, scores, selection, gold_fn)}
-        record["samples/eos_rate"] = sum(len(x) > 0 and int(x[-1]) == tokenizer.eos_token_id for x in ids) / len(ids)
+        record = _round_metrics(texts, scores, selection, gold_fn)
+        record["samples/eos_rate"] = eos_rate(ids, tokenizer.eos_token_id)
 
         # 4. DPO steps on the fresh pairs, against the fixed reference
-        n_pairs = record["pairs"]
+        n_pairs = record["round/pairs"]
         if n_pairs:
             rows = selection["prompt_index"]
             chosen_ids = [ids[int(r) * k + int(c)] for r, c in zip(rows, selection["chosen"])]
@@ -219,30 +225,20 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge
                 for start in range(0, n_pairs, config.minibatch_size):
                     pair_rows = order[start:start + config.minibatch_size].to(device)
                     batch_rows = torch.cat([pair_rows, pair_rows + n_pairs])  # this minibatch's chosen, then rejected
-                    pi_logps = sequence_logprobs(policy, **{name: t[batch_rows] for name, t in batch.items()})
                     yw_ids = torch.arange(len(pair_rows), device=device)
-                    yl_ids = yw_ids + len(pair_rows)
-                    losses, rewards = dpo_loss(pi_logps, ref_logps[batch_rows], yw_ids, yl_ids, config.beta)
-                    loss = losses.mean()
-                    if not torch.isfinite(loss):
-                        raise RuntimeError(f"online DPO round {round_index}: loss is {loss.item()} (try a smaller lr)")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
+                    metrics = dpo_step(policy, optimizer, {name: t[batch_rows] for name, t in batch.items()},
+                                       ref_logps[batch_rows], yw_ids, yw_ids + len(pair_rows), config.beta,
+                                       where=f"online DPO round {round_index}", max_grad_norm=config.max_grad_norm,
+                                       loss_fn=loss_fn)
                     n_steps += 1
-                    for name, value in dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids).items():
+                    n_pairs_seen += len(pair_rows)
+                    for name, value in metrics.items():
                         stats[name].append(value)
             policy.eval()
             record.update({name: sum(values) / len(values) for name, values in stats.items()})
-        record["step"], record["samples"] = n_steps, n_samples
-        if eval_fn is not None and ((round_index + 1) % eval_every == 0 or round_index + 1 == config.rounds):
-            record.update(eval_fn(policy))
-        history.append(record)
-        if callback is not None:
-            callback(record)
-        bar.set_postfix(score=f"{record['judge/score']:.3f}", pairs=n_pairs)
+        row = {"step": round_index, "samples": n_samples, "pairs": n_pairs_seen, **record, "optimizer_steps": n_steps}
+        log_step(history, row, policy, config.rounds, eval_fn, eval_every, callback)
+        bar.set_postfix(score=f"{row['judge/score']:.3f}", pairs=n_pairs)
     policy.eval()
     return history
 
@@ -257,16 +253,14 @@ def mean_logprob(model, tokenizer, prompts: Sequence[str], completions: Sequence
     """
     if len(prompts) != len(completions) or len(prompts) == 0:
         raise ValueError(f"need as many completions as prompts (and at least one), got {len(prompts)} and {len(completions)}")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     max_length = getattr(getattr(model, "config", None), "n_positions", 1024)
     total = 0.0
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
-                                     list(completions[start:start + batch_size]), max_length=max_length)
-        total += sequence_logprobs(model, **{k: v.to(device) for k, v in batch.items()}, average=per_token).sum().item()
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
+                                         list(completions[start:start + batch_size]), max_length=max_length)
+            total += sequence_logprobs(model, **{k: v.to(device) for k, v in batch.items()}, average=per_token).sum().item()
     return total / len(prompts)
 
 

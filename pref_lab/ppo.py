@@ -34,9 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model
 
-from .config import seed_everything
+from .config import model_device, same_device, seed_everything
 from .logprobs import position_ids_from_mask, token_logprobs, tokenize_completions
-from .models import generate
+from .models import decode_completions, ends_with_eos, generate
+from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
 @dataclass
@@ -158,7 +159,7 @@ def make_value_model(source: GPT2ForSequenceClassification | GPT2LMHeadModel) ->
         value_model = ValueModel(copy.deepcopy(source.transformer))
     else:
         raise ValueError(f"expected GPT2ForSequenceClassification or GPT2LMHeadModel, got {type(source).__name__}")
-    return value_model.to(next(source.parameters()).device)
+    return value_model.to(model_device(source))
 
 
 # ----------------------------------------------------------------------------- rollout and rewards
@@ -175,7 +176,7 @@ def rollout(policy, tokenizer, prompts: Sequence[str], max_new_tokens: int, temp
                               batch_size=len(prompts), seed=seed, progress=False, return_ids=True)
     batch = tokenize_completions(tokenizer, prompts, completion_ids, max_length=policy.config.n_positions)
     batch["completion_ids"] = completion_ids
-    batch["has_eos"] = torch.tensor([len(c) > 0 and int(c[-1]) == tokenizer.eos_token_id for c in completion_ids])
+    batch["has_eos"] = ends_with_eos(completion_ids, tokenizer.eos_token_id)
     return batch
 
 
@@ -306,29 +307,33 @@ def ppo_losses(policy, value_model: ValueModel, minibatch: dict, config: PPOConf
 
 def train_ppo(policy, ref_model, value_model: ValueModel, tokenizer, prompts: Sequence[str],
               reward_fn: Callable[[list[str], list[torch.Tensor]], torch.Tensor], config: PPOConfig | None = None, *,
-              extra_metrics_fn: Callable[[list[str], list[str]], dict] | None = None,
-              eval_fn: Callable[[object], dict] | None = None, eval_every: int = 10, progress: bool = True) -> list[dict]:
+              gold_fn: Callable[[list[str]], torch.Tensor] | None = None, eval_fn: EvalFn | None = None,
+              eval_every: int = 10, callback: Callback | None = None, progress: bool = True) -> list[dict]:
     """Train ``policy`` (and ``value_model``) with PPO against ``reward_fn``; ``ref_model`` stays frozen.
 
-    ``reward_fn(prompts, completion_ids) -> (B,)`` scores a rollout (the reward model in the notebook, a
-    toy rule in tests). Returns one dict per iteration with TRL's names: ``objective/kl`` (mean over samples
-    of sum_t log pi - log pi_ref), ``objective/scores`` (mean reward_fn score), ``objective/rlhf_reward``
-    (score after any missing-EOS penalty, minus beta * KL), ``objective/eos_rate``, ``policy/clipfrac``,
-    ``policy/approxkl``, ``policy/entropy``, ``loss/policy``, ``loss/value``, ``val/ratio``, ``val/clipfrac``;
-    plus ``extra_metrics_fn(prompts, completion_texts)`` every iteration and ``eval_fn(policy)`` every
-    ``eval_every`` iterations and at the end.
+    The three models live on one device. ``reward_fn(prompts, completion_ids) -> (B,)`` scores a rollout (the
+    reward model in the notebook, a toy rule in tests); ``gold_fn(texts) -> (B,)`` (optional) logs the gold reward
+    of each rollout. ``ref_model`` is only read under ``torch.no_grad()``: it is not changed in any way.
+
+    History (:mod:`pref_lab.training`): one row per iteration, ``step`` = iterations done, ``samples`` (rollouts
+    so far), ``pairs`` (0), ``loss`` (policy + vf_coef * value loss, mean over the iteration's minibatches), and
+    TRL's names: ``objective/kl`` (mean over samples of sum_t log pi - log pi_ref), ``objective/scores`` (mean
+    reward_fn score), ``objective/rlhf_reward`` (score after any missing-EOS penalty, minus beta * KL),
+    ``objective/eos_rate``, ``policy/clipfrac``, ``policy/approxkl``, ``policy/entropy``, ``loss/policy``,
+    ``loss/value``, ``val/ratio``, ``val/clipfrac``; with ``gold_fn`` also ``gold/reward``. ``eval_fn(policy)``
+    under ``"eval"`` every ``eval_every`` iterations and after the last one.
     """
     config = config or PPOConfig()
     if len(prompts) < config.batch_size or any(len(p) == 0 for p in prompts):
         raise ValueError(f"need at least batch_size={config.batch_size} non-empty prompts, got {len(prompts)}")
     if policy is ref_model:
         raise ValueError("ref_model must be a frozen copy of the policy, not the policy itself")
+    check_steps(config.steps, eval_every)
+    device = same_device(policy=policy, ref_model=ref_model, value_model=value_model)
     generator = seed_everything(config.seed)
-    device = next(policy.parameters()).device
-    ref_model.requires_grad_(False)
     optimizer = torch.optim.AdamW([*policy.parameters(), *value_model.parameters()], lr=config.lr, weight_decay=0.0)
-    history = []
-    bar = tqdm(range(config.steps), desc="PPO", disable=not progress)
+    history: list[dict] = []
+    bar = tqdm(range(1, config.steps + 1), desc="PPO", disable=not progress)
     for iteration in bar:
         # Dropout off (gradients still flow in eval mode). With it on, "old" and "new" log-probs would
         # differ before any update, so the ratio would not start at 1 and clipping would fire on noise.
@@ -340,7 +345,7 @@ def train_ppo(policy, ref_model, value_model: ValueModel, tokenizer, prompts: Se
         batch = rollout(policy, tokenizer, batch_prompts, config.max_new_tokens, config.temperature, seed)
         raw_scores = torch.as_tensor(reward_fn(batch_prompts, batch["completion_ids"])).float().to(device)
         if raw_scores.shape != (len(batch_prompts),) or not torch.isfinite(raw_scores).all():
-            raise ValueError(f"iteration {iteration}: reward_fn must return {len(batch_prompts)} finite scores, "
+            raise ValueError(f"PPO iteration {iteration}: reward_fn must return {len(batch_prompts)} finite scores, "
                              f"got shape {tuple(raw_scores.shape)}")
         scores = penalize_missing_eos(raw_scores, batch["has_eos"], config.missing_eos_penalty)
         tensors = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask")}
@@ -353,27 +358,26 @@ def train_ppo(policy, ref_model, value_model: ValueModel, tokenizer, prompts: Se
                 rows = order[start:start + config.minibatch_size].to(device)
                 loss, minibatch_stats = ppo_losses(policy, value_model, {k: v[rows] for k, v in experience.items()},
                                                    config)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"PPO iteration {iteration} (epoch {epoch}): loss is {loss.item()}")
+                check_finite(loss, f"PPO iteration {iteration} (epoch {epoch})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # Clip each model on its own, so large value gradients cannot shrink the policy's step.
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(value_model.parameters(), config.max_grad_norm)
                 optimizer.step()
+                stats["loss"].append(loss.item())
                 for name, value in minibatch_stats.items():
                     stats[name].append(value)
 
         kl = experience["kl"]
-        row = {"step": iteration, "objective/kl": kl.mean().item(), "objective/scores": raw_scores.mean().item(),
+        row = {"step": iteration, "samples": iteration * len(batch_prompts), "pairs": 0,
+               "objective/kl": kl.mean().item(), "objective/scores": raw_scores.mean().item(),
                "objective/rlhf_reward": (scores - config.kl_coef * kl).mean().item(),
                "objective/eos_rate": batch["has_eos"].float().mean().item()}
         row.update({name: sum(values) / len(values) for name, values in stats.items()})
-        if extra_metrics_fn is not None:
-            texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in batch["completion_ids"]]
-            row.update(extra_metrics_fn(batch_prompts, texts))
-        if eval_fn is not None and ((iteration + 1) % eval_every == 0 or iteration + 1 == config.steps):
-            row.update(eval_fn(policy))
-        history.append(row)
+        if gold_fn is not None:
+            row["gold/reward"] = torch.as_tensor(gold_fn(decode_completions(tokenizer, batch["completion_ids"]))
+                                                 ).float().mean().item()
+        log_step(history, row, policy, config.steps, eval_fn, eval_every, callback)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")
     return history

@@ -11,7 +11,6 @@ a shift) near zero, which keeps RM scores on a stable scale for PPO.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,9 +19,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from .config import data_path, get_device, seed_everything
+from .config import data_path, get_device, model_device, seed_everything
 from .logprobs import position_ids_from_mask, tokenize_completions
 from .models import disable_dropout
+from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
 def init_reward_model(sft_path: str | Path, seed: int = 0) -> GPT2ForSequenceClassification:
@@ -67,7 +67,7 @@ def reward_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.T
 def score_texts(reward_model, tokenizer, prompts: Sequence[str], completions: Sequence, batch_size: int = 64) -> torch.Tensor:
     """RM score of each (prompt, completion) pair, shape (N,). Completions are texts or id tensors."""
     reward_model.eval()
-    device = next(reward_model.parameters()).device
+    device = model_device(reward_model)
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = tokenize_completions(tokenizer, prompts[start:start + batch_size], completions[start:start + batch_size])
@@ -99,7 +99,7 @@ def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size
     if not pairs:
         raise ValueError("pairs is empty")
     reward_model.eval()
-    device = next(reward_model.parameters()).device
+    device = model_device(reward_model)
     # Score pairs shortest first so each batch pads little (~25% less compute); results return in input order.
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]["prompt"]) + max(len(pairs[i]["chosen"]),
                                                                                    len(pairs[i]["rejected"])))
@@ -153,10 +153,11 @@ def _group_rewards(reward_model, tokenizer, groups: Sequence[Mapping], device) -
     return rewards[chosen], rewards[rejected]
 
 
-def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], val_pairs: Sequence[Mapping] | None = None,
-                       *, steps: int = 200, prompts_per_step: int = 8, lr: float = 1e-4, center_coef: float = 0.01,
-                       seed: int = 0, eval_every: int = 50, progress: bool = True) -> dict:
-    """Train with the pairwise loss. Returns the training history.
+def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], *, steps: int = 200,
+                       prompts_per_step: int = 8, lr: float = 1e-4, center_coef: float = 0.01, seed: int = 0,
+                       eval_fn: EvalFn | None = None, eval_every: int = 50, callback: Callback | None = None,
+                       progress: bool = True) -> list[dict]:
+    """Train with the pairwise loss on ``reward_model``'s device. Returns the history of :mod:`pref_lab.training`.
 
     Each step takes ``prompts_per_step`` prompts (a fresh random order each epoch over the prompts) and **all**
     their labelled pairs: the k completions of a prompt are scored once and give up to k(k-1)/2 comparisons
@@ -165,21 +166,26 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
 
     Dropout is switched off, as TRL's ``RewardConfig(disable_dropout=True)`` default: two scorings of the same
     text would otherwise differ, adding noise to the margins r_c - r_r that the loss compares.
+
+    Rows: ``{"step", "samples": 0, "pairs", "loss", "accuracy"}`` (``accuracy``: strict r_c > r_r on the step's
+    own, noisy, training labels), with ``eval_fn(reward_model)`` (e.g. :func:`evaluate_pairs` on held-out pairs)
+    under ``"eval"`` every ``eval_every`` steps and after the last one.
     """
     if not train_pairs:
         raise ValueError("train_pairs is empty")
-    if steps < 1 or prompts_per_step < 1:
-        raise ValueError(f"steps and prompts_per_step must be >= 1, got steps={steps}, prompts_per_step={prompts_per_step}")
+    if prompts_per_step < 1:
+        raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
+    check_steps(steps, eval_every)
     gen = seed_everything(seed)
     disable_dropout(reward_model)
     groups = group_pairs_by_prompt(train_pairs)
-    device = next(reward_model.parameters()).device
+    device = model_device(reward_model)
     optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
-    history = {"step": [], "train_loss": [], "train_accuracy": [], "eval_step": [], "val_accuracy": [], "val_loss": []}
-    start = time.time()
+    history: list[dict] = []
     order: list[int] = []
-    bar = tqdm(range(steps), desc="reward model", disable=not progress)
+    pairs_seen = 0
+    bar = tqdm(range(1, steps + 1), desc="reward model", disable=not progress)
     for step in bar:
         reward_model.train()
         if len(order) < min(prompts_per_step, len(groups)):  # a new epoch (a short remainder is dropped)
@@ -187,22 +193,16 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
         batch, order = order[:prompts_per_step], order[prompts_per_step:]
         chosen, rejected = _group_rewards(reward_model, tokenizer, [groups[i] for i in batch], device)
         loss = pairwise_loss(chosen, rejected, center_coef)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"reward-model step {step}: loss is {loss.item()}")
+        check_finite(loss, f"reward-model step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        history["step"].append(step)
-        history["train_loss"].append(loss.item())
-        history["train_accuracy"].append((chosen > rejected).float().mean().item())
-        if val_pairs is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            result = evaluate_pairs(reward_model, tokenizer, val_pairs)
-            history["eval_step"].append(step + 1)
-            history["val_accuracy"].append(result["accuracy"])
-            history["val_loss"].append(result["loss"])
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{result['accuracy']:.3f}")
+        pairs_seen += len(chosen)
+        row = {"step": step, "samples": 0, "pairs": pairs_seen, "loss": loss.item(),
+               "accuracy": (chosen > rejected).float().mean().item()}
+        log_step(history, row, reward_model, steps, eval_fn, eval_every, callback)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
     reward_model.eval()
-    history["seconds"] = time.time() - start
     return history

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from collections.abc import Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import seed_everything
+from .config import model_device, seed_everything
 from .data import validate_record
 from .logprobs import forward_token_logprobs, tokenize_completions
 from .models import format_prompt
+from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 # A few paraphrases per task, so the model learns the *instruction*, not one fixed string.
 REVIEW_INSTRUCTIONS = ("Write a review of {title}.", "What did you think of {title}?", "Review the movie {title}.")
@@ -108,7 +108,7 @@ def collate(tokenizer, examples: Sequence[Mapping], device) -> dict[str, torch.T
 def evaluate_sft_loss(model, tokenizer, examples: Sequence[Mapping], batch_size: int = 64) -> float:
     """Token-mean SFT loss over ``examples`` (every completion token weighted equally)."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate(tokenizer, examples[start:start + batch_size], device)
@@ -118,44 +118,40 @@ def evaluate_sft_loss(model, tokenizer, examples: Sequence[Mapping], batch_size:
     return total / tokens
 
 
-def train_sft(model, tokenizer, train_examples: Sequence[Mapping], val_examples: Sequence[Mapping] | None = None, *,
-              steps: int = 300, batch_size: int = 32, lr: float = 5e-4, warmup: int = 20, seed: int = 0,
-              eval_every: int = 50, progress: bool = True) -> dict:
-    """Plain SFT loop: AdamW, linear warm-up then linear decay, gradient clipping at 1.
+def train_sft(model, tokenizer, train_examples: Sequence[Mapping], *, steps: int = 300, batch_size: int = 32,
+              lr: float = 5e-4, warmup: int = 20, seed: int = 0, eval_fn: EvalFn | None = None, eval_every: int = 50,
+              callback: Callback | None = None, progress: bool = True) -> list[dict]:
+    """Plain SFT loop: AdamW, linear warm-up then linear decay, gradient clipping at 1; on ``model``'s device.
 
-    Returns ``{"step", "train_loss", "eval_step", "val_loss", "seconds"}``; validation starts at step 0
-    (before training) so the curve shows where SFT started from.
+    Each step draws ``batch_size`` examples at random (with replacement). Returns the history of
+    :mod:`pref_lab.training`: one row per step, ``{"step", "samples": 0, "pairs": 0, "loss"}``, with
+    ``eval_fn(model)`` (e.g. the validation loss, :func:`evaluate_sft_loss`) under ``"eval"`` every ``eval_every``
+    steps and after the last one.
     """
+    check_steps(steps, eval_every)
+    if not train_examples:
+        raise ValueError("train_examples is empty")
     gen = seed_everything(seed)
-    device = next(model.parameters()).device
+    device = model_device(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-    history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": []}
-    start = time.time()
-    if val_examples is not None:  # the starting point: the model before any SFT step
-        history["eval_step"].append(0)
-        history["val_loss"].append(evaluate_sft_loss(model, tokenizer, val_examples))
-    bar = tqdm(range(steps), desc="SFT", disable=not progress)
+    history: list[dict] = []
+    bar = tqdm(range(1, steps + 1), desc="SFT", disable=not progress)
     for step in bar:
         model.train()
         idx = torch.randint(0, len(train_examples), (batch_size,), generator=gen).tolist()
         loss = sft_loss(model, collate(tokenizer, [train_examples[i] for i in idx], device))
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"SFT step {step}: loss is {loss.item()}")
+        check_finite(loss, f"SFT step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        history["step"].append(step)
-        history["train_loss"].append(loss.item())
-        if val_examples is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            history["eval_step"].append(step + 1)
-            history["val_loss"].append(evaluate_sft_loss(model, tokenizer, val_examples))
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{history['val_loss'][-1]:.3f}")
+        row = log_step(history, {"step": step, "samples": 0, "pairs": 0, "loss": loss.item()}, model, steps,
+                       eval_fn, eval_every, callback)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
     model.eval()
-    history["seconds"] = time.time() - start
     return history
 
 

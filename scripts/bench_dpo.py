@@ -90,7 +90,7 @@ def time_pref_lab_dpo(model, tokenizer, pairs, n_steps, warmup, precompute) -> l
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
     ends = []
     train_dpo(policy, reference, tokenizer, pairs, beta=BETA, steps=warmup + n_steps + 1, batch_size=len(pairs),
-              lr=LR, seed=0, device="cpu", callback=lambda record: ends.append(time.perf_counter()),
+              lr=LR, seed=0, callback=lambda record: ends.append(time.perf_counter()),
               progress=False, precompute_ref_logps=precompute)
     return step_times(ends, warmup)
 

@@ -1,20 +1,73 @@
-"""Gold reward vs KL frontier: PPO, offline DPO, online DPO and best-of-n from one SFT model.
+"""The frontier experiment: gold reward against KL from the SFT model for PPO, offline DPO, online DPO and best-of-n.
 
     .venv/bin/python scripts/frontier.py --tiny                      # seconds: the test configuration
     .venv/bin/python scripts/frontier.py --jobs 2                    # the full grid on 2 CPU cores
     .venv/bin/python scripts/frontier.py --methods ppo --set ppo.steps=10 --set "ppo.kl_coefs=[0.1]"
 
-Writes ``data/results/frontier_<config>.json`` (``--out`` to change), rewritten after every run so a crash
-loses at most one. The schema, what is measured and how: ``pref_lab/experiments.py``'s docstring.
-``--assets DIR`` loads the world from another folder, e.g. one built by
+Every run starts from the same SFT model and uses the same prompts: PPO and online DPO sample on the training
+prompts (the prompts of ``preferences/train.jsonl``), offline DPO trains on those pairs, and every run is measured
+by :func:`pref_lab.world.evaluate_policy` on the first ``eval.prompts`` held-out prompts of
+:func:`pref_lab.world.heldout_prompts`, every ``eval_every`` steps (the trainers' protocol,
+:mod:`pref_lab.training`). Best-of-n is not a trained policy: its points use the analytic
+KL(pi_bon || pi_ref) <= log n - (n - 1) / n (``kl_kind = "analytic_bound"``). :data:`CONFIGS` below holds the
+grids: ``tiny`` runs in seconds for the tests, ``full`` is budgeted at <= 40 min on 2 CPU cores.
+
+Writes ``data/results/frontier_<config>.json`` (``--out`` to change), rewritten after every run so a crash loses at
+most one. ``--assets DIR`` loads the world from another folder, e.g. one built by
 ``python -m pref_lab.assets --scale mini --out DIR``.
 
 Budget of the full grid (4 PPO runs x 36 iterations, 4 offline DPO x 100 steps, 2 online DPO x 100 rounds,
-best-of-n up to 32; PPO evaluated 7 times, DPO and online DPO 6 times, on 256 held-out prompts). Measured for the
+best-of-n up to 32; PPO evaluated 6 times, DPO and online DPO 5 times, on 256 held-out prompts). Measured for the
 shipped ``data/results/frontier_full.json`` with ``--jobs 2`` on 2 otherwise idle CPU cores: 886 s in all (its
 ``total_seconds``); per run (train + eval, one torch thread) PPO ~90-120 s, offline DPO ~165 s, online DPO ~230 s,
-best-of-n ~110 s for all n (one nested pool). The budget is <= 40 min on 2 CPU cores; if the machine is busy,
-lower the steps with ``--set``.
+best-of-n ~110 s for all n (one nested pool). If the machine is busy, lower the steps with ``--set``.
+
+Results JSON (schema ``pref_lab.frontier/1``)::
+
+    {
+      "schema": "pref_lab.frontier/1",
+      "config_name": "tiny" | "full",
+      "config": {...},            # the exact grid and every hyper-parameter (CONFIGS[name], after CLI overrides)
+      "seed": int,                # every run's training seed (the eval sampling seed is config["eval"]["seed"])
+      "assets": str,              # folder the world was loaded from
+      "environment": {"python", "torch", "transformers", "platform", "device", "threads", "jobs"},
+      "started": str,             # ISO 8601, local time
+      "total_seconds": float,     # wall time of the whole grid
+      "complete": bool,           # false while the grid is still running (the file is rewritten after each task)
+      "data": {"train_prompts": int, "train_pairs": int, "eval_prompts": int},
+      "sft": POINT,               # the SFT model itself (kl = 0): every curve starts here
+      "runs": [RUN, ...]          # PPO runs, then offline DPO, online DPO, best-of-n
+    }
+    RUN = {
+      "name": str,                # e.g. "ppo/kl_coef=0.05", "dpo/beta=0.1", "online_dpo/beta=0.1", "best_of_n/n=4"
+      "method": "ppo" | "dpo" | "online_dpo" | "best_of_n",
+      "knob": "kl_coef" | "beta" | "n", "value": float,   # the swept setting
+      "seed": int,
+      "settings": {...},          # every hyper-parameter of this run (e.g. the PPOConfig as a dict)
+      "curve": [POINT, ...],      # step 0 (= the SFT point), then every config[method]["eval_every"] steps and the last
+      "final": POINT,             # the last point of the curve
+      "history": [{...}, ...],    # the trainer's rows (pref_lab.training), every history_every-th + the last, "eval" dropped
+      "history_every": int,
+      "cost": COST
+    }
+    POINT = {"step": int,         # PPO iterations / DPO steps / online-DPO rounds done (best-of-n: n)
+             "gold_reward": float, "gold_reward_sem": float,
+             "kl": float, "kl_sem": float, "kl_kind": "sampled" | "analytic_bound",
+             "rm_score": float,     # the reward model's mean score of the same samples (the proxy)
+             "eos_rate": float, "length": float,     # share of samples that ended with EOS, mean tokens
+             "train_seconds": float, "samples_generated": int}   # training cost so far (eval excluded)
+    COST = {"wall_seconds": float,     # train + eval
+            "train_seconds": float, "eval_seconds": float,
+            "samples_generated": int,  # completions sampled for training (best-of-n: P * n); eval excluded
+            "eval_samples": int,       # completions sampled for evaluation
+            "reward_model_calls": int, # (prompt, completion) pairs the RM scored for training or selection
+            "gold_judge_calls": int,   # texts the gold judge labeled as a training signal (oracle labeler only)
+            "pairs_seen": int,         # DPO: preference pairs in all gradient steps (0 for PPO and best-of-n)
+            "models_in_memory": [str, ...], "n_models": int,   # networks held during training
+            "parameters_in_memory": int, "trainable_parameters": int,
+            "peak_rss_mb": float,      # peak RSS (getrusage) of the process that ran it, *so far*: monotone within a
+                                       # process (imports alone are ~0.5 GB), so compare the parameter counts too
+            "cuda_peak_mb": float | None}   # torch.cuda.max_memory_allocated during the run, on CUDA
 """
 
 from __future__ import annotations
@@ -22,15 +75,354 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
+import platform
+import resource
 import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import transformers
 
-from pref_lab.config import DATA_DIR
-from pref_lab.experiments import CONFIGS, METHODS, load_world, run_frontier
+from pref_lab.config import DATA_DIR, model_device, seed_everything
+from pref_lab.data import read_jsonl, validate_records
+from pref_lab.dpo import train_dpo
+from pref_lab.models import generate
+from pref_lab.online import OnlineDPOConfig, gold_judge, reward_model_judge, train_online_dpo
+from pref_lab.ppo import PPOConfig, make_value_model, train_ppo
+from pref_lab.reward_model import score_texts
+from pref_lab.rlhf import best_of_n, best_of_n_kl
+from pref_lab.training import thin_history
+from pref_lab.world import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, World, evaluate_policy, load_world, score_samples, unique_prompts
+
+# ----------------------------------------------------------------------------- the grids
+# "max_new_tokens" is shared by training rollouts and evaluation, so every method writes text of the same length
+# limit. "full" was sized from short timings on the shipped assets (numbers in the module docstring).
+CONFIGS = {
+    "tiny": {
+        "seed": 0, "max_new_tokens": 6,
+        "eval": {"prompts": 4, "seed": 1234},
+        "ppo": {"kl_coefs": [0.01, 0.05, 0.1, 0.5], "steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1,
+                "lr": 1e-4, "missing_eos_penalty": None, "eval_every": 2},
+        "dpo": {"betas": [0.05, 0.1, 0.3, 1.0], "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": True,
+                "eval_every": 2},
+        "online_dpo": {"betas": [0.1, 0.3], "rounds": 2, "prompts_per_round": 4, "completions_per_prompt": 2,
+                       "minibatch_size": 4, "lr": 1e-4, "judge": "reward_model", "eval_every": 2},
+        "best_of_n": {"ns": [1, 2, 4]},
+    },
+    "full": {
+        "seed": 0, "max_new_tokens": MAX_NEW_TOKENS,
+        "eval": {"prompts": 256, "seed": 1234},
+        # PPO: PPOConfig's tuned defaults (lr 3e-4, 2 epochs of minibatches of 16), run 3x longer than notebook 06
+        "ppo": {"kl_coefs": [0.01, 0.03, 0.1, 0.3], "steps": 36, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
+                "lr": 3e-4, "missing_eos_penalty": None, "eval_every": 6},
+        "dpo": {"betas": [0.03, 0.1, 0.3, 1.0], "steps": 100, "batch_size": 32, "lr": 1e-4, "precompute_ref_logps": False,
+                "eval_every": 20},
+        # online DPO: the same gradient steps, pairs per step and learning rate as offline DPO (the shipped recipe)
+        "online_dpo": {"betas": [0.1, 0.3], "rounds": 100, "prompts_per_round": 32, "completions_per_prompt": 2,
+                       "minibatch_size": 32, "lr": 1e-4, "judge": "reward_model", "eval_every": 20},
+        "best_of_n": {"ns": [1, 2, 4, 8, 16, 32]},
+    },
+}
+SCHEMA = "pref_lab.frontier/1"
+METHODS = ("ppo", "dpo", "online_dpo", "best_of_n")
+POINT_KEYS = ("step", "gold_reward", "gold_reward_sem", "kl", "kl_sem", "kl_kind", "rm_score", "eos_rate", "length",
+              "train_seconds", "samples_generated")
+COST_KEYS = ("wall_seconds", "train_seconds", "eval_seconds", "samples_generated", "eval_samples", "reward_model_calls",
+             "gold_judge_calls", "pairs_seen", "models_in_memory", "n_models", "parameters_in_memory",
+             "trainable_parameters", "peak_rss_mb", "cuda_peak_mb")
+RUN_KEYS = ("name", "method", "knob", "value", "seed", "settings", "curve", "final", "history", "history_every", "cost")
+TOP_KEYS = ("schema", "config_name", "config", "seed", "assets", "environment", "started", "total_seconds", "complete",
+            "data", "sft", "runs")
 
 
+# ----------------------------------------------------------------------------- measuring a run
+class Meter:
+    """Times a run, splitting evaluation time from training time; its :meth:`evaluate` is the trainers' ``eval_fn``."""
+
+    def __init__(self, world: World, config: dict):
+        self.world, self.config = world, config
+        self.start = time.perf_counter()
+        self.eval_seconds, self.eval_samples = 0.0, 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.eval_seconds
+
+    def evaluate(self, policy) -> dict:
+        started = time.perf_counter()
+        result = evaluate_policy(policy, self.world, max_new_tokens=self.config["max_new_tokens"],
+                                 seed=self.config["eval"]["seed"])
+        self.eval_samples += result.pop("samples")
+        self.eval_seconds += time.perf_counter() - started
+        return {**result, "train_seconds": self.train_seconds()}
+
+    def cost(self, models: dict[str, torch.nn.Module], trainable: Sequence[torch.nn.Module], samples_generated: int,
+             **counts) -> dict:
+        wall = time.perf_counter() - self.start
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        return {"wall_seconds": wall, "train_seconds": wall - self.eval_seconds, "eval_seconds": self.eval_seconds,
+                "samples_generated": samples_generated, "eval_samples": self.eval_samples,
+                "reward_model_calls": counts.get("reward_model_calls", 0), "gold_judge_calls": counts.get("gold_judge_calls", 0),
+                "pairs_seen": counts.get("pairs_seen", 0), "models_in_memory": list(models), "n_models": len(models),
+                "parameters_in_memory": sum(p.numel() for m in models.values() for p in m.parameters()),
+                "trainable_parameters": sum(p.numel() for m in trainable for p in m.parameters() if p.requires_grad),
+                "peak_rss_mb": round(rss, 1),
+                "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+
+
+class Counted:
+    """Wraps a scorer ``f(prompts, completions)`` and counts the completions it scores."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, prompts, completions):
+        self.calls += len(completions)
+        return self.fn(prompts, completions)
+
+
+def curve(history: list[dict], sft: dict) -> list[dict]:
+    """The SFT point, then every evaluated row of a trainer's history as a point (any trainer: one protocol)."""
+    return [dict(sft)] + [{"step": row["step"], **row["eval"], "samples_generated": row["samples"]}
+                          for row in history if "eval" in row]
+
+
+def run_record(method: str, knob: str, value: float, seed: int, settings: dict, points: list[dict],
+               history: list[dict], cost: dict) -> dict:
+    rows, every = thin_history([{k: v for k, v in row.items() if k != "eval"} for row in history])
+    return {"name": f"{method}/{knob}={value:g}", "method": method, "knob": knob, "value": value, "seed": seed,
+            "settings": settings, "curve": points, "final": points[-1], "history": rows, "history_every": every,
+            "cost": cost}
+
+
+# ----------------------------------------------------------------------------- the four methods
+def run_ppo(world: World, pairs: list[dict], kl_coef: float, config: dict, sft: dict, progress: bool = False) -> dict:
+    """PPO against the reward model, value model initialised from it; reference = the SFT model."""
+    meter = Meter(world, config)
+    settings = {k: v for k, v in config["ppo"].items() if k not in ("kl_coefs", "eval_every")}
+    ppo_config = PPOConfig(**settings, kl_coef=kl_coef, max_new_tokens=config["max_new_tokens"], seed=config["seed"])
+    policy, value_model = copy.deepcopy(world.sft), make_value_model(world.reward_model)
+    reward_fn = Counted(lambda prompts, ids: score_texts(world.reward_model, world.tokenizer, prompts, ids))
+    history = train_ppo(policy, world.sft, value_model, world.tokenizer, unique_prompts(pairs), reward_fn, ppo_config,
+                        eval_fn=meter.evaluate, eval_every=config["ppo"]["eval_every"], progress=progress)
+    models = {"policy": policy, "reference": world.sft, "reward_model": world.reward_model, "value_model": value_model}
+    cost = meter.cost(models, [policy, value_model], history[-1]["samples"], reward_model_calls=reward_fn.calls)
+    settings = {**asdict(ppo_config), "eval_every": config["ppo"]["eval_every"]}
+    return run_record("ppo", "kl_coef", kl_coef, config["seed"], settings, curve(history, sft), history, cost)
+
+
+def run_dpo(world: World, pairs: list[dict], beta: float, config: dict, sft: dict, progress: bool = False) -> dict:
+    """Offline DPO on the shipped pairs (sampled once from the SFT model, labeled by BT on gold rewards)."""
+    meter = Meter(world, config)
+    settings = {k: v for k, v in config["dpo"].items() if k != "betas"}
+    policy = copy.deepcopy(world.sft)
+    history = train_dpo(policy, world.sft, world.tokenizer, pairs, beta=beta, steps=settings["steps"],
+                        batch_size=settings["batch_size"], lr=settings["lr"], seed=config["seed"],
+                        precompute_ref_logps=settings["precompute_ref_logps"], eval_fn=meter.evaluate,
+                        eval_every=settings["eval_every"], progress=progress)
+    cost = meter.cost({"policy": policy, "reference": world.sft}, [policy], 0, pairs_seen=history[-1]["pairs"])
+    settings = {**settings, "beta": beta, "pairs_in_dataset": len(pairs)}
+    return run_record("dpo", "beta", beta, config["seed"], settings, curve(history, sft), history, cost)
+
+
+def run_online_dpo(world: World, pairs: list[dict], beta: float, config: dict, sft: dict, progress: bool = False) -> dict:
+    """Online DPO: fresh pairs from the current policy each round, labeled by the RM (or the gold judge)."""
+    meter = Meter(world, config)
+    settings = {k: v for k, v in config["online_dpo"].items() if k not in ("betas", "judge", "eval_every")}
+    judge_name = config["online_dpo"].get("judge", "reward_model")
+    if judge_name not in ("reward_model", "gold"):
+        raise ValueError(f"online_dpo judge must be 'reward_model' or 'gold', got {judge_name!r}")
+    judge = Counted(reward_model_judge(world.reward_model, world.tokenizer) if judge_name == "reward_model"
+                    else gold_judge(world.gold))
+    online_config = OnlineDPOConfig(**settings, beta=beta, max_new_tokens=config["max_new_tokens"], seed=config["seed"])
+    policy = copy.deepcopy(world.sft)
+    history = train_online_dpo(policy, world.sft, world.tokenizer, unique_prompts(pairs), judge, online_config,
+                               eval_fn=meter.evaluate, eval_every=config["online_dpo"]["eval_every"], progress=progress)
+    models = {"policy": policy, "reference": world.sft}
+    if judge_name == "reward_model":
+        models["reward_model"] = world.reward_model
+    cost = meter.cost(models, [policy], history[-1]["samples"],
+                      reward_model_calls=judge.calls if judge_name == "reward_model" else 0,
+                      gold_judge_calls=judge.calls if judge_name == "gold" else 0, pairs_seen=history[-1]["pairs"])
+    settings = {**asdict(online_config), "judge": judge_name, "eval_every": config["online_dpo"]["eval_every"]}
+    return run_record("online_dpo", "beta", beta, config["seed"], settings, curve(history, sft), history, cost)
+
+
+@torch.no_grad()
+def run_best_of_n(world: World, config: dict, sft: dict) -> list[dict]:
+    """Best-of-n on the held-out prompts: n SFT samples each, keep the one the reward model scores highest.
+
+    The pool is nested: best-of-n for a larger n reuses the samples of the smaller ones and adds more, so
+    one pool serves every n. Each run's cost (samples, RM calls, seconds) is what that n alone needs.
+    """
+    tokenizer, prompts, ns = world.tokenizer, world.eval_prompts, sorted(set(config["best_of_n"]["ns"]))
+    if ns[0] < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {ns}")
+    meter = Meter(world, config)
+    ids: list[list[torch.Tensor]] = [[] for _ in prompts]
+    scores: list[list[float]] = [[] for _ in prompts]
+    runs = []
+    for n in ns:
+        extra = n - len(ids[0])  # samples per prompt still missing for this n
+        # the first chunk uses the evaluation's seed, so best-of-1 is exactly the SFT point's samples
+        new = generate(world.sft, tokenizer, [p for p in prompts for _ in range(extra)], max_new_tokens=config["max_new_tokens"],
+                       temperature=1.0, seed=config["eval"]["seed"] + n - 1, batch_size=EVAL_BATCH_SIZE, progress=False,
+                       return_ids=True)
+        new_scores = score_texts(world.reward_model, tokenizer, [p for p in prompts for _ in range(extra)], new)
+        for i in range(len(prompts)):
+            ids[i] += new[i * extra:(i + 1) * extra]
+            scores[i] += new_scores[i * extra:(i + 1) * extra].tolist()
+        picks, best_scores = best_of_n(torch.tensor(scores))
+        chosen = [ids[i][int(j)] for i, j in enumerate(picks)]
+        point = {"step": n, **score_samples(world, chosen), "kl": best_of_n_kl(n), "kl_sem": 0.0,
+                 "kl_kind": "analytic_bound", "rm_score": best_scores.mean().item(), "train_seconds": meter.train_seconds(),
+                 "samples_generated": len(prompts) * n}
+        cost = meter.cost({"policy": world.sft, "reward_model": world.reward_model}, [], len(prompts) * n,
+                          reward_model_calls=len(prompts) * n)
+        settings = {"n": n, "temperature": 1.0, "selection": "argmax reward-model score (first on ties)",
+                    "prompts": "eval prompts", "sample_seed": "eval seed + n - 1 for the samples added at each n (nested pool)"}
+        runs.append(run_record("best_of_n", "n", n, config["seed"], settings, [dict(sft), point], [], cost))
+    return runs
+
+
+# ----------------------------------------------------------------------------- the grid
+def grid(config: dict, methods: Sequence[str] = METHODS) -> list[tuple[str, float | None]]:
+    """The runs of a config, in order: (method, swept value); best-of-n is one task for all its n."""
+    tasks = []
+    for method, knob in (("ppo", "kl_coefs"), ("dpo", "betas"), ("online_dpo", "betas")):
+        if method in methods:
+            tasks += [(method, float(v)) for v in config[method][knob]]
+    if "best_of_n" in methods:
+        tasks.append(("best_of_n", None))
+    return tasks
+
+
+def run_task(world: World, pairs: list[dict], task: tuple[str, float | None], config: dict, sft: dict,
+             progress: bool = False) -> list[dict]:
+    """Run one task of :func:`grid`; returns its run records (best-of-n gives one per n)."""
+    method, value = task
+    seed_everything(config["seed"])
+    trainers = {"ppo": run_ppo, "dpo": run_dpo, "online_dpo": run_online_dpo}
+    if method in trainers:
+        return [trainers[method](world, pairs, value, config, sft, progress)]
+    if method == "best_of_n":
+        return run_best_of_n(world, config, sft)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def sft_point(world: World, config: dict) -> dict:
+    """The SFT model's own point (its KL to itself is exactly 0), with no training cost."""
+    point = Meter(world, config).evaluate(world.sft)
+    return {"step": 0, **point, "train_seconds": 0.0, "samples_generated": 0}
+
+
+def environment(world: World, jobs: int = 1) -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "device": str(model_device(world.sft)),
+            "threads": torch.get_num_threads(), "jobs": jobs}
+
+
+def check_results(results: dict) -> None:
+    """Raise ``ValueError`` naming the first field that breaks the documented schema."""
+    missing = [k for k in TOP_KEYS if k not in results]
+    if missing or results["schema"] != SCHEMA:
+        raise ValueError(f"results: missing {missing} or schema {results.get('schema')!r} != {SCHEMA!r}")
+    for where, point in [("sft", results["sft"])] + [(f"{r.get('name')}.curve[{i}]", p)
+                                                    for r in results["runs"] for i, p in enumerate(r.get("curve", []))]:
+        missing = [k for k in POINT_KEYS if k not in point]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+    for run in results["runs"]:
+        missing = [k for k in RUN_KEYS if k not in run] or [f"cost.{k}" for k in COST_KEYS if k not in run["cost"]]
+        if missing:
+            raise ValueError(f"run {run.get('name')}: missing {missing}")
+        if run["method"] not in METHODS or run["final"] != run["curve"][-1]:
+            raise ValueError(f"run {run['name']}: bad method {run['method']!r} or final point != last curve point")
+
+
+def load_pairs(assets: str | Path) -> list[dict]:
+    """The offline preference pairs every method's training prompts come from (``preferences/train.jsonl``)."""
+    path = Path(assets) / "preferences" / "train.jsonl"
+    pairs = read_jsonl(path)
+    validate_records(pairs, "preference", str(path))
+    return pairs
+
+
+_WORKER: tuple[World, list[dict]] | None = None
+
+
+def _load_worker(assets: str, device: str, threads: int, config: dict) -> None:
+    """Initializer of each ``jobs > 1`` worker: one torch thread, and the world loaded once per process."""
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = load_world(assets, config["eval"]["prompts"], device), load_pairs(assets)
+
+
+def _task_in_worker(task, config: dict, sft: dict) -> list[dict]:
+    return run_task(*_WORKER, task, config, sft)
+
+
+def run_frontier(world: World, pairs: list[dict], config: dict, config_name: str, methods: Sequence[str] = METHODS,
+                 out: str | Path | None = None, jobs: int = 1, progress: bool = False) -> dict:
+    """Run the grid of ``config`` on ``world`` and return the results (schema in the module docstring).
+
+    ``out``: the JSON file, rewritten after every task (``"complete": false`` until the last one), so a
+    crash loses at most one task. ``jobs > 1`` runs tasks in that many worker processes with one torch
+    thread each; each worker loads the world from ``world.source`` (an assets folder) once.
+    """
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    started, start = time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter()
+    results = {"schema": SCHEMA, "config_name": config_name, "config": config, "seed": config["seed"],
+               "assets": world.source, "environment": environment(world, jobs), "started": started,
+               "total_seconds": 0.0, "complete": False,
+               "data": {"train_prompts": len(unique_prompts(pairs)), "train_pairs": len(pairs),
+                        "eval_prompts": len(world.eval_prompts)},
+               "sft": sft_point(world, config), "runs": []}
+    tasks = grid(config, methods)
+
+    def save():
+        results["total_seconds"] = time.perf_counter() - start
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(results, indent=1) + "\n")
+
+    def done(task):
+        print(f"[frontier] {task[0]} {task[1] if task[1] is not None else ''} done "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        save()
+
+    if jobs <= 1:
+        for task in tasks:
+            results["runs"] += run_task(world, pairs, task, config, results["sft"], progress)
+            done(task)
+    else:
+        if world.source == "<in-memory>":
+            raise ValueError("jobs > 1 needs a world loaded from an assets folder (workers reload it)")
+        order, finished = {task: i for i, task in enumerate(tasks)}, {}
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_load_worker,
+                                 initargs=(world.source, str(model_device(world.sft)), 1, config)) as pool:
+            futures = {pool.submit(_task_in_worker, task, config, results["sft"]): task for task in tasks}
+            for future in as_completed(futures):
+                task = futures[future]
+                finished[order[task]] = future.result()
+                results["runs"] = [run for i in sorted(finished) for run in finished[i]]
+                done(task)
+    results["complete"] = True
+    save()
+    check_results(results)
+    return results
+
+
+# ----------------------------------------------------------------------------- the command line
 def apply_override(config: dict, assignment: str) -> None:
     """``section.key=value`` (value parsed as JSON, else kept as a string) sets ``config[section][key]``."""
     path, sep, raw = assignment.partition("=")
@@ -75,8 +467,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = args.out or DATA_DIR / "results" / f"frontier_{name}.json"
-    world = load_world(args.assets, config["eval"]["prompts"], config["seed"], args.device)
-    results = run_frontier(world, config, name, methods, out=out, jobs=args.jobs, progress=args.progress)
+    world = load_world(args.assets, config["eval"]["prompts"], args.device)
+    results = run_frontier(world, load_pairs(args.assets), config, name, methods, out=out, jobs=args.jobs,
+                           progress=args.progress)
     print(f"wrote {out} ({len(results['runs'])} runs, {results['total_seconds']:.0f} s)")
     for run in results["runs"]:
         final = run["final"]

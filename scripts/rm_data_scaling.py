@@ -36,6 +36,7 @@ from pref_lab.config import data_path
 from pref_lab.data import read_jsonl
 from pref_lab.models import load_tokenizer
 from pref_lab.reward_model import agreement_with_gold_order, evaluate_pairs, init_reward_model, train_reward_model
+from pref_lab.training import columns
 
 SCHEMA = "pref_lab.rm_data_scaling/1"
 SUBSET_SEED = 0
@@ -79,16 +80,20 @@ def run_fraction(fraction: float) -> dict:
     share = count_prompts(train) / count_prompts(val_movie_pairs + all_extra)
     steps = max(1, round(recipe["steps"] * share))
     rm = init_reward_model(data_path("models", "sft"), seed=0)
-    history = train_reward_model(rm, tokenizer, train, test, steps=steps, prompts_per_step=recipe["prompts_per_step"],
+    started = time.perf_counter()
+    history = train_reward_model(rm, tokenizer, train, steps=steps, prompts_per_step=recipe["prompts_per_step"],
                                  lr=recipe["lr"], center_coef=recipe["center_coef"], seed=0,
+                                 eval_fn=lambda m: {"accuracy": evaluate_pairs(m, tokenizer, test)["accuracy"]},
                                  eval_every=max(1, steps // 4), progress=False)
+    seconds = time.perf_counter() - started
+    eval_steps, val_accuracy = columns(history, "accuracy", where="eval")
     result = evaluate_pairs(rm, tokenizer, test)
     agreement = agreement_with_gold_order(result["chosen"], result["rejected"], test)
     return {"fraction": fraction, "extra_prompts": count_prompts(extra), "texts": count_texts(train),
             "pairs": len(train), "steps": steps, "test_accuracy": round(result["accuracy"], 4),
             "agreement_with_gold_order": round(agreement, 4),
-            "history": {"eval_step": history["eval_step"], "val_accuracy": history["val_accuracy"]},
-            "seconds": round(history["seconds"], 1)}
+            "history": {"eval_step": eval_steps, "val_accuracy": val_accuracy},
+            "seconds": round(seconds, 1)}
 
 
 def shipped_point() -> dict:

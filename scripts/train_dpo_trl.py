@@ -35,8 +35,11 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pref_lab.assets import RECIPES
 from pref_lab.config import data_path
 from pref_lab.models import ASSISTANT, USER
+
+DPO_RECIPE = RECIPES["full"]["dpo"]
 
 COLUMNS = ["prompt", "chosen", "rejected"]
 COURSE_PROMPT = re.compile(re.escape(USER) + r"(.*)" + re.escape(ASSISTANT), re.DOTALL)
@@ -64,13 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'auto': 'messages' when the tokenizer is not the course's")
     p.add_argument("--max-eval-samples", type=int, default=256, help="evaluate on at most this many pairs")
     p.add_argument("--output-dir", default="build/dpo-trl")
-    # Defaults = the course's offline DPO recipe (pref_lab.experiments, "full" preset).
-    p.add_argument("--max-steps", type=int, default=120)
-    p.add_argument("--beta", type=float, default=0.1, help="KL strength: implicit reward = beta * log(pi / pi_ref)")
+    # Defaults = the course's offline DPO recipe: the shipped checkpoint's stage, pref_lab.assets.RECIPES["full"]["dpo"].
+    p.add_argument("--max-steps", type=int, default=DPO_RECIPE["steps"])
+    p.add_argument("--beta", type=float, default=DPO_RECIPE["beta"],
+                   help="KL strength: implicit reward = beta * log(pi / pi_ref)")
     p.add_argument("--loss-type", default="sigmoid",
                    help="TRL loss_type; 'sigmoid' is the DPO paper's (= pref_lab.dpo.dpo_loss)")
-    p.add_argument("--learning-rate", type=float, default=3e-5)
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per device per step")
+    p.add_argument("--learning-rate", type=float, default=DPO_RECIPE["lr"])
+    p.add_argument("--batch-size", type=int, default=DPO_RECIPE["batch_size"], help="pairs per device per step")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--max-length", type=int, default=128, help="prompt + completion tokens (TRL truncates longer rows)")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")

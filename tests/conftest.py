@@ -97,15 +97,18 @@ def letter_tokenizer():
     return wrap_tokenizer(tok)
 
 
+def import_script(name: str):
+    """``scripts/<name>.py`` imported as a fresh module (``scripts/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script("frontier")`` imports ``scripts/frontier.py`` as a fresh module (``scripts/`` is not a package)."""
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO_ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    return load
+    """``load_script("frontier")`` imports ``scripts/frontier.py`` as a fresh module (:func:`import_script`)."""
+    return import_script
 
 
 def write_raw_corpus(path, movies: int = 24):

@@ -3,12 +3,12 @@
 import json
 from collections import Counter
 
+from conftest import write_raw_corpus
+
 from pref_lab import assets
 from pref_lab.data import load_corpus, read_jsonl, validate_records
 from pref_lab.models import format_prompt, load_tokenizer
 from pref_lab.sft import REVIEW_INSTRUCTIONS
-
-from conftest import write_raw_corpus
 
 
 def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
@@ -17,8 +17,9 @@ def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     out = tmp_path / "world"
     assets.build(out, scale="mini", raw=raw, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["assets"]) == {"corpus", "tokenizer", "base", "judge_gold", "judge_task", "sft", "preferences", "rm"}
-    for name in ("base", "sft", "rm"):
+    assert set(manifest["assets"]) == {"corpus", "tokenizer", "base", "judge_gold", "judge_task", "sft", "preferences", "rm",
+                                       "rewardbench", "dpo"}
+    for name in ("base", "sft", "rm", "dpo"):
         assert (out / "models" / name / "model.safetensors").exists()
     pairs = read_jsonl(out / "preferences" / "train.jsonl")
     validate_records(pairs, "preference", "train.jsonl")

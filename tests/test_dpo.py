@@ -13,12 +13,13 @@ from pref_lab.dpo import (
     build_preference_batch,
     dpo_loss,
     dpo_metrics,
+    evaluate_dpo,
     implicit_rewards,
     precompute_reference_logps,
     train_dpo,
 )
 from pref_lab.logprobs import sequence_logprobs
-from pref_lab.losses import dpo_sigmoid_loss, hinge_loss, ipo_loss
+from pref_lab.losses import dpo_sigmoid_loss, hinge_loss, ipo_loss, pair_loss_fn
 from pref_lab.models import format_prompt, train_tokenizer
 
 BETA = 0.1
@@ -204,7 +205,7 @@ def test_precomputed_reference_logps_match_trl(tokenizer, pairs, tmp_path):
     prompts, chosen, rejected = pairs
     reference = tiny_gpt2(tokenizer)
     dataset = Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
-    ref_chosen, ref_rejected = precompute_reference_logps(reference, tokenizer, dataset, batch_size=2, device="cpu")
+    ref_chosen, ref_rejected = precompute_reference_logps(reference, tokenizer, dataset, batch_size=2)
     trainer = trl_trainer(tokenizer, perturbed_copy(reference), copy.deepcopy(reference), dataset, tmp_path,
                           precompute_ref_log_probs=True)
     torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"]), ref_chosen, atol=1e-5, rtol=0)
@@ -246,16 +247,21 @@ def test_train_dpo_raises_accuracy_and_margin(tokenizer):
     policy = copy.deepcopy(reference)
     reference_before = copy.deepcopy(reference.state_dict())
     seen = []
+    measure = lambda model: evaluate_dpo(model, reference, tokenizer, data, BETA)
+    first = measure(policy)
     history = train_dpo(policy, reference, tokenizer, data, beta=BETA, steps=30, batch_size=4, lr=3e-3, seed=0,
-                        device="cpu", eval_dataset=data, eval_every=10, callback=seen.append, progress=False)
-    first, last = history[0], history[-1]
-    # step 0: policy == reference (dropout off, reference frozen), so loss = log 2 and every reward is 0
-    assert first["step"] == 0 and first["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert first["eval_rewards/margins"] == 0 and first["eval_rewards/accuracies"] == 0  # ties are not correct
-    assert last["step"] == 30 and len(seen) == 30
-    assert last["eval_rewards/accuracies"] == 1.0
-    assert last["eval_rewards/margins"] > 1.0
-    assert last["eval_loss"] < 0.3
+                        eval_fn=measure, eval_every=10, callback=seen.append, progress=False)
+    last = history[-1]["eval"]
+    # before training: policy == reference (dropout off, reference frozen), so loss = log 2 and every reward is 0
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/margins"] == 0 and first["rewards/accuracies"] == 0  # ties are not correct
+    # the trainer protocol: steps 1..30, 4 pairs a step, evaluated after steps 10, 20, 30, the callback after each
+    assert [row["step"] for row in history] == list(range(1, 31)) and seen == history
+    assert [row["pairs"] for row in history] == [4 * s for s in range(1, 31)] and {r["samples"] for r in history} == {0}
+    assert [row["step"] for row in history if "eval" in row] == [10, 20, 30]
+    assert last["rewards/accuracies"] == 1.0
+    assert last["rewards/margins"] > 1.0
+    assert last["loss"] < 0.3
     for name, value in reference.state_dict().items():  # the reference stayed frozen
         torch.testing.assert_close(value, reference_before[name], rtol=0, atol=0)
     # dropout is off in the policy (TRL's disable_dropout): train-mode forwards are deterministic
@@ -271,7 +277,7 @@ def test_precomputed_reference_gives_the_same_training(tokenizer):
     for precompute in (False, True):
         policy = copy.deepcopy(reference)
         runs.append(train_dpo(policy, reference, tokenizer, data, beta=BETA, steps=4, batch_size=3, lr=3e-3,
-                              seed=0, device="cpu", progress=False, precompute_ref_logps=precompute))
+                              seed=0, progress=False, precompute_ref_logps=precompute))
     for a, b in zip(*runs, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
 
@@ -283,29 +289,29 @@ def test_train_dpo_nan_loss_names_the_step(tokenizer):
         policy.transformer.ln_f.weight.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="DPO step 1"):
         train_dpo(policy, reference, tokenizer, toy_preferences(tokenizer), beta=BETA, steps=2, batch_size=2,
-                  lr=1e-3, seed=0, device="cpu", progress=False)
+                  lr=1e-3, seed=0, progress=False)
 
 
 def test_train_dpo_rejects_bad_input(tokenizer):
     model = tiny_gpt2(tokenizer)
     with pytest.raises(ValueError, match="same object"):
         train_dpo(model, model, tokenizer, toy_preferences(tokenizer), beta=BETA, steps=1, batch_size=1,
-                  lr=1e-3, seed=0, device="cpu", progress=False)
+                  lr=1e-3, seed=0, progress=False)
     with pytest.raises(ValueError, match="row 0: missing column"):
         train_dpo(copy.deepcopy(model), model, tokenizer, [{"prompt": "x", "chosen": "y"}], beta=BETA, steps=1, batch_size=1,
-                  lr=1e-3, seed=0, device="cpu", progress=False)
+                  lr=1e-3, seed=0, progress=False)
 
 
 def test_implicit_rewards_agree_with_dpo_rewards(tokenizer, pairs):
     prompts, chosen, rejected = pairs
     reference = tiny_gpt2(tokenizer)
     policy = perturbed_copy(reference)
-    torch.testing.assert_close(implicit_rewards(reference, reference, tokenizer, prompts, chosen, BETA, device="cpu"),
+    torch.testing.assert_close(implicit_rewards(reference, reference, tokenizer, prompts, chosen, BETA),
                                torch.zeros(len(prompts)))
     batch, yw, yl = build_preference_batch(tokenizer, prompts, chosen, rejected)
     with torch.no_grad():
         _, rewards = dpo_loss(sequence_logprobs(policy, **batch), sequence_logprobs(reference, **batch), yw, yl, BETA)
-    r_chosen = implicit_rewards(policy, reference, tokenizer, prompts, chosen, BETA, batch_size=2, device="cpu")
+    r_chosen = implicit_rewards(policy, reference, tokenizer, prompts, chosen, BETA, batch_size=2)
     torch.testing.assert_close(r_chosen, rewards[yw], atol=1e-5, rtol=1e-5)
 
 
@@ -321,13 +327,17 @@ def test_loss_fn_hook_trains_with_another_loss(tokenizer):
         return hinge_loss(logratios[yw_ids], logratios[yl_ids], BETA)
 
     # batch_size = all 8 pairs: the first training batch holds every pair once (in a random order)
-    history = train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=30, batch_size=8,
-                        lr=3e-3, seed=0, device="cpu", eval_dataset=data, eval_every=30, loss_fn=hinge, progress=False)
+    policy = copy.deepcopy(reference)
+    measure = lambda model: evaluate_dpo(model, reference, tokenizer, data, BETA, loss_fn=hinge)
+    before = measure(policy)
+    history = train_dpo(policy, reference, tokenizer, data, beta=BETA, steps=30, batch_size=8,
+                        lr=3e-3, seed=0, eval_fn=measure, eval_every=30, loss_fn=hinge, progress=False)
     # policy == reference at the start: h = 0, so the hinge loss is max(0, 1 - 0) = 1 (DPO's would be log 2)
-    assert history[0]["eval_loss"] == pytest.approx(1.0, abs=1e-6)
-    assert history[1]["loss"] == pytest.approx(1.0, abs=1e-6)
-    assert history[-1]["eval_rewards/accuracies"] == 1.0 and history[-1]["eval_rewards/margins"] > 1.0
-    # the first call is step 0's evaluation, in dataset order; lengths = completion tokens + EOS, rows [chosen, rejected]
+    assert before["loss"] == pytest.approx(1.0, abs=1e-6)
+    assert history[0]["loss"] == pytest.approx(1.0, abs=1e-6)
+    assert history[-1]["eval"]["rewards/accuracies"] == 1.0 and history[-1]["eval"]["rewards/margins"] > 1.0
+    # the first call is the evaluation before training, in dataset order;
+    # lengths = completion tokens + EOS, rows [chosen, rejected]
     lengths, yw_ids, yl_ids = seen["first call"]
     n_tokens = [len(tokenizer(row[side], add_special_tokens=False)["input_ids"]) + 1
                 for side in ("chosen", "rejected") for row in data]
@@ -344,7 +354,7 @@ def test_default_loss_equals_dpo_through_the_hook(tokenizer):
         return dpo_sigmoid_loss(logratios[yw_ids], logratios[yl_ids], BETA)
 
     runs = [train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=4, batch_size=3, lr=3e-3,
-                      seed=0, device="cpu", progress=False, loss_fn=fn) for fn in (None, dpo_via_hook)]
+                      seed=0, progress=False, loss_fn=fn) for fn in (None, dpo_via_hook)]
     for a, b in zip(*runs, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
 
@@ -353,13 +363,10 @@ def test_ipo_through_the_hook_starts_at_its_closed_form_and_bad_shapes_raise(tok
     data = toy_preferences(tokenizer)
     reference = tiny_gpt2(tokenizer)
 
-    def ipo(pi_logps, ref_logps, yw_ids, yl_ids, lengths):
-        logratios = pi_logps - ref_logps
-        return ipo_loss(logratios[yw_ids], logratios[yl_ids], BETA)
-
+    ipo = pair_loss_fn(ipo_loss, beta=BETA)  # a loss of pref_lab.losses, plugged in as it is
     history = train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=1, batch_size=4,
-                        lr=1e-3, seed=0, device="cpu", progress=False, loss_fn=ipo)
+                        lr=1e-3, seed=0, progress=False, loss_fn=ipo)
     assert history[0]["loss"] == pytest.approx((1 / (2 * BETA)) ** 2, rel=1e-6)  # (0 - 1/(2 beta))^2 at h = 0
     with pytest.raises(ValueError, match="one loss per pair"):
         train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=1, batch_size=4, lr=1e-3,
-                  seed=0, device="cpu", progress=False, loss_fn=lambda *args: ipo(*args).mean())
+                  seed=0, progress=False, loss_fn=lambda *args: ipo(*args).mean())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pref_lab import evaluate as E
+from pref_lab import rewardbench as E
 from pref_lab.config import data_path
 from pref_lab.dpo import implicit_rewards
 from pref_lab.models import load_model, load_tokenizer
@@ -57,7 +57,7 @@ def test_implicit_reward_reproduces_the_recorded_rewardbench_accuracy(models):
     tokenizer = load_tokenizer()
     subset = "fresh-vs-rotten"
     records = [r for r in E.load_rewardbench() if r["subset"] == subset]
-    rewards = implicit_rewards(policy, sft, tokenizer, *E.benchmark_rows(records), DPO["metrics"]["beta"], device="cpu")
+    rewards = implicit_rewards(policy, sft, tokenizer, *E.benchmark_rows(records), DPO["metrics"]["beta"])
     accuracy = E.results_from_scores(records, rewards)["subsets"][subset]["accuracy"]
     # equal on CPU; one flipped pair of slack for a GPU-built checkpoint's last-bit differences
     assert accuracy == pytest.approx(DPO["metrics"]["rewardbench"][subset], abs=1.01 / len(records))

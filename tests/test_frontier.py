@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import import_script
 from transformers import GPT2LMHeadModel
 
 from pref_lab.data import write_jsonl
-from pref_lab.experiments import CONFIGS, SCHEMA, check_results, heldout_review_prompts
 from pref_lab.judge import GoldJudge
 from pref_lab.models import format_prompt, generate, load_model, load_tokenizer, make_config, save_model, train_tokenizer
 from pref_lab.reward_model import init_reward_model
 from pref_lab.sft import REVIEW_INSTRUCTIONS
+from pref_lab.world import heldout_prompts
+
+FRONTIER = import_script("frontier")
+CONFIGS, SCHEMA, check_results = FRONTIER.CONFIGS, FRONTIER.SCHEMA, FRONTIER.check_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -140,7 +144,7 @@ def test_best_of_one_is_a_plain_sft_sample(tiny_results, world_dir):
     tokenizer = load_tokenizer(world_dir / "tokenizer")
     sft = load_model(world_dir / "models" / "sft", "cpu")
     corpus = [json.loads(line) for line in (world_dir / "corpus" / "corpus.jsonl").read_text().splitlines()]
-    prompts = heldout_review_prompts(corpus, tokenizer, CONFIGS["tiny"]["eval"]["prompts"], CONFIGS["tiny"]["seed"])
+    prompts = heldout_prompts(corpus, tokenizer, CONFIGS["tiny"]["eval"]["prompts"])
     texts = generate(sft, tokenizer, prompts, max_new_tokens=CONFIGS["tiny"]["max_new_tokens"],
                      seed=CONFIGS["tiny"]["eval"]["seed"], progress=False)
     gold = GoldJudge.load(world_dir / "judges" / "gold").gold_reward(texts).mean().item()

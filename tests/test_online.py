@@ -118,7 +118,7 @@ def test_loop_trains_on_the_pair_the_judge_prefers(tokenizer, policy, monkeypatc
     for (prompts, texts, scores), (pair_prompts, pair_texts), row in zip(judged, batches, history):
         k = 3
         n = len(pair_prompts) // 2
-        assert n == row["pairs"] and n + row["skipped/ties"] + row["skipped/identical"] == 6
+        assert n == row["round/pairs"] and n + row["skipped/ties"] + row["skipped/identical"] == 6
         assert pair_prompts[:n] == pair_prompts[n:]
         for prompt, chosen, rejected in zip(pair_prompts[:n], pair_texts[:n], pair_texts[n:]):
             i = prompts.index(prompt) // k
@@ -130,7 +130,8 @@ def test_loop_trains_on_the_pair_the_judge_prefers(tokenizer, policy, monkeypatc
         if n:
             assert row["judge/margin"] == pytest.approx(sum(m.item() for m in kept_margins if m > 0) / n, abs=1e-5)
         assert row["judge/score"] == pytest.approx(scores.mean().item())
-    assert history[-1]["samples"] == 3 * 6 * 3
+    assert [row["samples"] for row in history] == [18, 36, 54]  # 6 prompts x 3 completions a round
+    assert history[-1]["pairs"] == sum(row["round/pairs"] for row in history)  # one epoch: each pair consumed once
 
 
 def test_ties_and_identical_completions_are_skipped_and_counted(tokenizer, policy):
@@ -139,12 +140,13 @@ def test_ties_and_identical_completions_are_skipped_and_counted(tokenizer, polic
     constant = lambda prompts, texts: torch.zeros(len(texts))  # no preference at all
     history = train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, constant, config, progress=False)
     assert [row["skipped/ties"] + row["skipped/identical"] for row in history] == [4, 4]
-    assert all(row["pairs"] == 0 and row["step"] == 0 and "loss" not in row for row in history)
+    assert all(row["round/pairs"] == 0 and row["pairs"] == 0 and row["optimizer_steps"] == 0 and "loss" not in row
+               for row in history)
     # near-greedy sampling writes the same completion k times: identical, however the judge scores them
     near_greedy = OnlineDPOConfig(rounds=1, prompts_per_round=4, max_new_tokens=4, temperature=1e-4)
     history = train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, fraction_of_c, near_greedy,
                                progress=False)
-    assert history[0]["skipped/identical"] == 4 and history[0]["pairs"] == 0
+    assert history[0]["skipped/identical"] == 4 and history[0]["round/pairs"] == 0
     for name, value in policy.state_dict().items():
         assert torch.equal(value, start[name]), f"{name} changed although no pair was kept"
 
@@ -160,17 +162,18 @@ def test_online_dpo_raises_a_learnable_reward_and_is_deterministic(tokenizer, po
         policy.load_state_dict(start_state)
         return train_online_dpo(policy, reference, tokenizer, PROMPTS, fraction_of_c, config,
                                 gold_fn=lambda texts: fraction_of_c(None, texts),
-                                eval_fn=lambda model: {"eval/called": 1.0}, eval_every=5, progress=False)
+                                eval_fn=lambda model: {"called": 1.0}, eval_every=5, progress=False)
 
     history = run()
     gold = [row["gold/reward"] for row in history]
     assert sum(gold[-3:]) / 3 > sum(gold[:3]) / 3 + 0.3, gold  # starts near 1/16
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "judge/margin", "gold/margin", "gold/label_agreement", "pairs"):
+                "logps/rejected", "judge/margin", "gold/margin", "gold/label_agreement", "round/pairs", "pairs", "samples"):
         assert key in history[0], key
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # first step: policy == reference
     assert history[0]["gold/label_agreement"] == 1.0  # the judge is the gold reward here
-    assert [i for i, row in enumerate(history) if "eval/called" in row] == [4, 9, 11]
+    assert [row["step"] for row in history] == list(range(1, 13))  # rounds counted from 1
+    assert [row["step"] for row in history if "eval" in row] == [5, 10, 12]  # every 5 rounds and the last
     for name, value in reference.state_dict().items():
         assert torch.equal(value, ref_state[name]), f"reference changed: {name}"
     assert run() == history  # same seed, same numbers (CPU)
@@ -187,7 +190,7 @@ def test_bad_input_raises(tokenizer, policy):
     with pytest.raises(ValueError, match="prompts_per_round"):
         train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS[:2], fraction_of_c, OnlineDPOConfig())
     wrong_shape = lambda prompts, texts: torch.zeros(len(texts) + 1)
-    with pytest.raises(ValueError, match="round 0: judge must return"):
+    with pytest.raises(ValueError, match="round 1: judge must return"):
         train_online_dpo(policy, copy.deepcopy(policy), tokenizer, PROMPTS, wrong_shape,
                          OnlineDPOConfig(rounds=1, prompts_per_round=2, max_new_tokens=2), progress=False)
 

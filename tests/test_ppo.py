@@ -285,8 +285,8 @@ def test_ppo_raises_a_learnable_reward_and_is_deterministic(tokenizer, policy):
     def run():
         policy.load_state_dict(start_state)
         return train_ppo(policy, ref_model, make_value_model(policy), tokenizer, PROMPTS, fraction_of_letter_c(tokenizer),
-                         PPOConfig(**SMOKE), extra_metrics_fn=lambda p, texts: {"extra/n": len(texts)},
-                         eval_fn=lambda model: {"eval/called": 1.0}, eval_every=4, progress=False)
+                         PPOConfig(**SMOKE), gold_fn=lambda texts: torch.tensor([float(len(t)) for t in texts]),
+                         eval_fn=lambda model: {"called": 1.0}, eval_every=4, progress=False)
 
     history = run()
     scores = [row["objective/scores"] for row in history]
@@ -295,8 +295,10 @@ def test_ppo_raises_a_learnable_reward_and_is_deterministic(tokenizer, policy):
     for key in ("objective/kl", "objective/rlhf_reward", "objective/scores", "policy/clipfrac", "policy/approxkl",
                 "policy/entropy", "loss/policy", "loss/value", "val/ratio"):
         assert key in history[0]
-    assert history[0]["extra/n"] == 12
-    assert [i for i, row in enumerate(history) if "eval/called" in row] == [3, 7, 9]
+    assert all(row["gold/reward"] >= 0 for row in history) and "loss" in history[0]
+    assert [row["step"] for row in history] == list(range(1, 11))  # iterations counted from 1
+    assert [row["samples"] for row in history] == [12 * s for s in range(1, 11)] and {r["pairs"] for r in history} == {0}
+    assert [row["step"] for row in history if "eval" in row] == [4, 8, 10]  # every 4 iterations and the last
     for k, v in ref_model.state_dict().items():
         assert torch.equal(v, ref_state[k]), f"reference model changed: {k}"
     assert run() == history  # same seed, same numbers (CPU)
@@ -316,7 +318,7 @@ def test_first_minibatch_ratio_is_one(tokenizer, policy):
 def test_nan_loss_names_the_iteration(tokenizer, policy):
     value_model = make_value_model(policy)
     value_model.head.weight.data.fill_(float("nan"))
-    with pytest.raises(RuntimeError, match="PPO iteration 0"):
+    with pytest.raises(RuntimeError, match="PPO iteration 1"):
         train_ppo(policy, copy.deepcopy(policy), value_model, tokenizer, PROMPTS, fraction_of_letter_c(tokenizer),
                   PPOConfig(steps=1, batch_size=4, minibatch_size=4, max_new_tokens=3), progress=False)
 

@@ -211,11 +211,15 @@ def test_tiny_training_run_raises_accuracy(word_tokenizer, tmp_path):
     rm = init_reward_model(tmp_path, seed=0)
     train, val = toy_pairs(256, seed=0), toy_pairs(128, seed=1)
     before = evaluate_pairs(rm, word_tokenizer, val)
-    history = train_reward_model(rm, word_tokenizer, train, val, steps=60, prompts_per_step=2, lr=3e-3, center_coef=0.01,
+    history = train_reward_model(rm, word_tokenizer, train, steps=60, prompts_per_step=2, lr=3e-3, center_coef=0.01,
+                                 eval_fn=lambda m: {"accuracy": evaluate_pairs(m, word_tokenizer, val)["accuracy"]},
                                  eval_every=30, progress=False)
     after = evaluate_pairs(rm, word_tokenizer, val)
-    assert history["eval_step"] == [30, 60] and len(history["train_loss"]) == 60
-    assert history["val_accuracy"][-1] == pytest.approx(after["accuracy"])
+    assert [row["step"] for row in history] == list(range(1, 61))
+    assert [row["step"] for row in history if "eval" in row] == [30, 60]
+    # 4 prompts, 2 a step with all their pairs: every 2 steps are one epoch over the 256 pairs
+    assert [row["pairs"] for row in history[1::2]] == [256 * epoch for epoch in range(1, 31)]
+    assert history[-1]["eval"]["accuracy"] == pytest.approx(after["accuracy"])
     assert after["accuracy"] >= 0.85 and after["accuracy"] >= before["accuracy"] + 0.2
     assert after["loss"] < before["loss"]
     assert abs((after["chosen"] + after["rejected"]).mean().item()) < 1.0  # centering keeps rewards near 0

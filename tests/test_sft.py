@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pref_lab import config
 from pref_lab.logprobs import tokenize_completions
-from pref_lab.sft import build_sft_examples, first_sentences, instruction_following, sft_loss, train_sft
+from pref_lab.sft import build_sft_examples, evaluate_sft_loss, first_sentences, instruction_following, sft_loss, train_sft
 
 
 def nll(table, prev, nxt):
@@ -67,9 +67,11 @@ def test_training_loop_reduces_loss(word_tokenizer):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=5, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     examples = [{"prompt": "a", "response": "b c"}, {"prompt": "c", "response": "a a"}] * 4
-    history = train_sft(model, word_tokenizer, examples, examples, steps=30, batch_size=4, lr=1e-2, eval_every=10,
-                        progress=False)
-    assert history["val_loss"][-1] < 0.5 * history["val_loss"][0]
+    before = evaluate_sft_loss(model, word_tokenizer, examples)
+    history = train_sft(model, word_tokenizer, examples, steps=30, batch_size=4, lr=1e-2, eval_every=10, progress=False,
+                        eval_fn=lambda m: {"val_loss": evaluate_sft_loss(m, word_tokenizer, examples)})
+    assert [row["step"] for row in history if "eval" in row] == [10, 20, 30] and len(history) == 30
+    assert history[-1]["eval"]["val_loss"] < 0.5 * before
 
 
 def test_instruction_following_counts():

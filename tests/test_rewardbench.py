@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from pref_lab import evaluate as E
+from pref_lab import rewardbench as E
 from pref_lab.config import data_path
 from pref_lab.data import CORPUS_FILE, read_jsonl, validate_records
 from pref_lab.dpo import implicit_rewards
@@ -81,17 +81,17 @@ def test_reference_free_scores_by_hand(word_tokenizer, bigram_lm):
         "norm": [-long_row.pow(2).sum().sqrt(), -short_row.pow(2).sum().sqrt()],
     }
     for kind, values in expected.items():
-        got = E.logprob_scores(bigram_lm, word_tokenizer, ["a", "a"], ["b c", "c"], kind=kind, device="cpu")
+        got = E.logprob_scores(bigram_lm, word_tokenizer, ["a", "a"], ["b c", "c"], kind=kind)
         torch.testing.assert_close(got, torch.stack(values), msg=kind)
     with pytest.raises(ValueError, match="kind must be one of"):
-        E.logprob_scores(bigram_lm, word_tokenizer, ["a"], ["b"], kind="mean", device="cpu")
+        E.logprob_scores(bigram_lm, word_tokenizer, ["a"], ["b"], kind="mean")
 
 
 def test_sum_and_avg_rank_completions_differently(word_tokenizer, bigram_lm):
     """The three reference-free scores are different rankings, not rescalings: check on every ordered pair."""
     completions = ["b", "c", "b c", "c b", "b b c", "c c c b"]
     prompts = ["a"] * len(completions)
-    scores = {k: E.logprob_scores(bigram_lm, word_tokenizer, prompts, completions, kind=k, device="cpu")
+    scores = {k: E.logprob_scores(bigram_lm, word_tokenizer, prompts, completions, kind=k)
               for k in E.REFERENCE_FREE}
     orders = {k: (v[:, None] > v[None, :]) for k, v in scores.items()}
     assert not torch.equal(orders["sum"], orders["avg"])
@@ -103,7 +103,7 @@ def test_implicit_reward_of_an_untrained_policy_ties_everything(word_tokenizer, 
     records = [{"prompt": "a", "chosen": "b c", "rejected": "c", "subset": "negation"},
                {"prompt": "b", "chosen": "a", "rejected": "c c", "subset": "word-salad"}]
     result = E.evaluate_reward_model(
-        lambda p, c: implicit_rewards(bigram_lm, bigram_lm, word_tokenizer, p, c, beta=0.1, device="cpu"), records)
+        lambda p, c: implicit_rewards(bigram_lm, bigram_lm, word_tokenizer, p, c, beta=0.1), records)
     assert result["score"] == 0.0 and result["chosen"].abs().max() == 0
 
 
@@ -212,7 +212,7 @@ def test_sum_score_is_the_shared_sequence_logprob(word_tokenizer, bigram_lm):
     batch = tokenize_completions(word_tokenizer, prompts, completions)
     with torch.no_grad():
         expected = sequence_logprobs(bigram_lm, **batch)
-    scores = E.reference_free_scores(bigram_lm, word_tokenizer, prompts, completions, batch_size=2, device="cpu")
+    scores = E.reference_free_scores(bigram_lm, word_tokenizer, prompts, completions, batch_size=2)
     torch.testing.assert_close(scores["sum"], expected)
     with pytest.raises(ValueError, match=r"expected \(6,\)"):
         E.results_from_scores([{"subset": "negation"}] * 3, torch.zeros(5))

@@ -18,7 +18,8 @@ reference-free scores of a completion with per-token log-probs l_t = log pi(y_t 
     norm:  -|| (l_1, ..., l_|y|) ||_2   (minus the Euclidean norm of the per-token log-probs)
 
 (:func:`reference_free_scores`). The benchmark itself is built from the world by :func:`build_rewardbench`
-(``scripts/build_rewardbench.py`` writes ``data/rewardbench/``), with answers known by construction.
+(the asset stage ``rewardbench``, ``python -m pref_lab.assets --stages rewardbench``, writes ``data/rewardbench/``),
+with answers known by construction.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-from .config import data_path, get_device
+from .config import data_path, model_device
 from .data import read_jsonl, validate_record, validate_records, write_jsonl
 from .logprobs import forward_token_logprobs, tokenize_completions
+from .models import evaluating
 from .sft import PLOT_INSTRUCTIONS, REVIEW_INSTRUCTIONS, first_sentences
 
 # Sections and their subsets, in the order tables show them (RewardBench has Chat, Chat Hard, Safety, Reasoning).
@@ -103,38 +105,38 @@ def rewardbench_results(subsets: Sequence[str], chosen_scores: torch.Tensor, rej
 # ----------------------------------------------------------------------------- scorers
 @torch.no_grad()
 def reference_free_scores(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64,
-                          device: str | torch.device | None = None, max_length: int = 128) -> dict[str, torch.Tensor]:
+                          max_length: int = 128) -> dict[str, torch.Tensor]:
     """All three reference-free scores of each completion under ``model`` from one forward pass:
     ``{"sum": (N,), "avg": (N,), "norm": (N,)}`` (RewardBench's ``ref_free_norm`` options; module docstring).
 
     ``"sum"`` is the sequence log-prob log pi(y|x) of :func:`pref_lab.logprobs.sequence_logprobs` (EOS appended
     and counted), so a DPO implicit reward is ``beta * (scores_policy["sum"] - scores_reference["sum"])``.
+    Runs where ``model`` lives, in eval mode (its mode is restored after).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    device = get_device(device)
-    model.to(device).eval()
+    device = model_device(model)
     scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in REFERENCE_FREE}
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
-                                     list(completions[start:start + batch_size]), max_length=max_length)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        per_token = forward_token_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
-        mask = batch["completion_mask"][:, 1:].to(per_token.dtype)  # token t is predicted at position t-1
-        masked = per_token * mask
-        scores["sum"].append(masked.sum(-1).cpu())
-        scores["avg"].append((masked.sum(-1) / mask.sum(-1)).cpu())
-        scores["norm"].append(-masked.norm(dim=-1).cpu())
+    with evaluating(model):
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
+                                         list(completions[start:start + batch_size]), max_length=max_length)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            per_token = forward_token_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
+            mask = batch["completion_mask"][:, 1:].to(per_token.dtype)  # token t is predicted at position t-1
+            masked = per_token * mask
+            scores["sum"].append(masked.sum(-1).cpu())
+            scores["avg"].append((masked.sum(-1) / mask.sum(-1)).cpu())
+            scores["norm"].append(-masked.norm(dim=-1).cpu())
     return {kind: torch.cat(values) for kind, values in scores.items()}
 
 
 def logprob_scores(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], kind: str = "sum",
-                   batch_size: int = 64, device: str | torch.device | None = None, max_length: int = 128
-                   ) -> torch.Tensor:
+                   batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
     """One reference-free score (``kind`` = ``"sum"``, ``"avg"`` or ``"norm"``) of each completion: shape (N,)."""
     if kind not in REFERENCE_FREE:
         raise ValueError(f"kind must be one of {REFERENCE_FREE}, got {kind!r}")
-    return reference_free_scores(model, tokenizer, prompts, completions, batch_size, device, max_length)[kind]
+    return reference_free_scores(model, tokenizer, prompts, completions, batch_size, max_length)[kind]
 
 
 def benchmark_rows(records: Sequence[Mapping]) -> tuple[list[str], list[str]]:
@@ -173,10 +175,10 @@ def sample_pairs(records: Sequence[Mapping], n: int, seed: int = 0) -> list[dict
 # ----------------------------------------------------------------------------- the shipped benchmark
 def load_rewardbench(path: str | Path | None = None) -> list[dict]:
     """The mini RewardBench (``data/rewardbench/test.jsonl``): validated preference records with ``subset``
-    and ``section`` columns. Build it with ``scripts/build_rewardbench.py``."""
+    and ``section`` columns. Build it with ``python -m pref_lab.assets --stages rewardbench``."""
     path = Path(path) if path else data_path(BENCHMARK_FILE)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python scripts/build_rewardbench.py`")
+        raise FileNotFoundError(f"{path} is missing: run `python -m pref_lab.assets --stages rewardbench`")
     records = read_jsonl(path)
     validate_records(records, "preference", str(path))
     for i, r in enumerate(records):
@@ -308,8 +310,8 @@ def build_rewardbench(corpus_rows: Sequence[Mapping], tokenizer, format_prompt: 
 
     def review_vs_plot(m):
         # the movie's own plot summary when the corpus has one, else another held-out movie's: a plot either way
-        f = fresh_review(m)
-        return (review_prompt(m["title"]), f, rng.choice(m["plot"] or all_plots)) if f else None
+        f, plots = fresh_review(m), m["plot"] or all_plots
+        return (review_prompt(m["title"]), f, rng.choice(plots)) if f and plots else None
 
     def negation(m):
         chosen_phrase, rejected_phrase = rng.choice(NEGATIONS)
@@ -386,7 +388,7 @@ def rewardbench_card(records: Sequence[Mapping]) -> str:
         "# Mini RewardBench (pref-lab)",
         "",
         "Preference pairs with known answers, built from the **held-out (test-split) movies** of the course's",
-        "Rotten Tomatoes corpus by `pref_lab.evaluate.build_rewardbench` (`python scripts/build_rewardbench.py`;",
+        "Rotten Tomatoes corpus by `pref_lab.rewardbench.build_rewardbench` (`python -m pref_lab.assets --stages rewardbench`;",
         "deterministic: the same corpus, tokenizer and seed give the same file). Modelled on RewardBench",
         "(Lambert et al., 2024, arXiv:2403.13787). No model picked or labelled any pair: the answers come from",
         "the critics' fresh/rotten labels, from the task the prompt asks for, and from edits that can only make a",
@@ -405,7 +407,7 @@ def rewardbench_card(records: Sequence[Mapping]) -> str:
     lines += [
         f"| | **total** | {len(records)} | |",
         "",
-        "**Scoring** (`pref_lab.evaluate`): a pair is correct only if the chosen completion scores strictly",
+        "**Scoring** (`pref_lab.rewardbench`): a pair is correct only if the chosen completion scores strictly",
         "higher (ties are wrong); accuracy per subset; a section's score is its subsets' accuracies weighted by",
         "their pair counts; the overall score is the mean of the section scores. DPO policies are scored by their",
         "implicit reward beta * log(pi/pi_ref) against their reference model, or reference-free (`sum`, `avg`,",

@@ -1,0 +1,140 @@
+"""The held-out evaluation every notebook and script shares: which prompts, which settings, which numbers.
+
+A policy is measured on review instructions for the *test-split* movies (never seen in training: the
+preference pairs come from validation-split movies, the reward model's extra pairs from train-split ones).
+One temperature-1 sample y_i ~ pi(. | x_i) per held-out prompt x_i, then
+
+    gold_reward = (1/N) sum_i r_gold(y_i)                            what "the human" thinks of the samples
+    kl          = (1/N) sum_i sum_t (log pi - log pi_ref)(y_i,t)     their sequence KL to the reference (k1)
+    rm_score    = (1/N) sum_i r_RM(x_i, y_i)                         what the reward model (the proxy) thinks
+    eos_rate, length                                                  share of samples that finished; mean tokens
+
+each mean with its standard error over prompts. The sampling seed is the same at every evaluation (common
+random numbers): two policies are compared on the same prompts with the same random draws, and the SFT model
+always gives the same point.
+
+The one rule for held-out prompts (:func:`heldout_prompts`): every template of
+:data:`pref_lab.sft.REVIEW_INSTRUCTIONS` for every test-split movie, in one fixed shuffled order; a run that
+needs ``n`` prompts takes the first ``n``, so smaller sets are nested in larger ones.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DATA_DIR, get_device, same_device
+from .data import CORPUS_FILE, read_jsonl
+from .judge import load_gold_judge
+from .logprobs import sequence_logprobs, tokenize_completions
+from .models import decode_completions, eos_rate, evaluating, format_prompt, generate, load_model, load_tokenizer
+from .reward_model import load_reward_model, score_texts
+from .sft import REVIEW_INSTRUCTIONS
+
+# The evaluation settings, named once. MAX_NEW_TOKENS is also the length limit of every training rollout that is
+# compared with an evaluation, so every method writes text of the same length limit.
+MAX_NEW_TOKENS = 48
+EVAL_SEED = 1234  # the sampling seed of every evaluation
+EVAL_BATCH_SIZE = 64  # sampling batch (the same batches give the same samples for a seed)
+HELDOUT_ORDER_SEED = 0  # the fixed order of the held-out prompts (never a run's training seed)
+N_EVAL_PROMPTS = 128  # the notebooks' evaluation size (the frontier grid uses the first 256)
+
+
+@dataclass
+class World:
+    """What measuring a policy needs: the tokenizer, the SFT model (the reference of every run), the gold judge
+    (``gold_reward(texts) -> (N,)``), the reward model (the proxy, optional) and the held-out prompts."""
+
+    tokenizer: object
+    sft: torch.nn.Module
+    gold: object
+    reward_model: torch.nn.Module | None
+    eval_prompts: list[str]
+    source: str = "<in-memory>"
+
+
+def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
+    """The first ``n`` (all if None) held-out review prompts, chat-formatted, in the one fixed order (module docstring).
+
+    Made from the corpus, so they do not depend on which samples ``preferences/test.jsonl`` kept; they are that
+    file's prompts.
+    """
+    movies = sorted({r["movie_title"] for r in corpus_rows if r["split"] == "test"})
+    prompts = [format_prompt(tokenizer, template.format(title=title)) for title in movies for template in REVIEW_INSTRUCTIONS]
+    random.Random(HELDOUT_ORDER_SEED).shuffle(prompts)
+    return prompts[:n]
+
+
+def load_world(assets: str | Path = DATA_DIR, n_prompts: int = N_EVAL_PROMPTS, device: str | torch.device | None = None,
+               reward_model: bool = True) -> World:
+    """Load the world from an assets folder (``data/``, or one built by ``python -m pref_lab.assets``) onto ``device``."""
+    assets = Path(assets)
+    device = get_device(device)
+    tokenizer = load_tokenizer(assets / "tokenizer")
+    return World(tokenizer=tokenizer, sft=load_model(assets / "models" / "sft", device),
+                 gold=load_gold_judge(assets / "judges" / "gold"),
+                 reward_model=load_reward_model(assets / "models" / "rm", device) if reward_model else None,
+                 eval_prompts=heldout_prompts(read_jsonl(assets / CORPUS_FILE), tokenizer, n_prompts), source=str(assets))
+
+
+def unique_prompts(pairs: Sequence[dict]) -> list[str]:
+    """The distinct prompts of a preference set, in order of first appearance."""
+    return list(dict.fromkeys(p["prompt"] for p in pairs))
+
+
+def mean_sem(x) -> tuple[float, float]:
+    """Mean and standard error of the mean, s / sqrt(n) (0 for a single value), of a 1-D tensor or sequence."""
+    x = torch.as_tensor(x).double()
+    sem = x.std().item() / math.sqrt(len(x)) if len(x) > 1 else 0.0
+    return x.mean().item(), sem
+
+
+def score_samples(world: World, completion_ids: Sequence[torch.Tensor]) -> dict:
+    """Gold reward (mean and s.e.), EOS rate and mean length of given samples: what every point reports next to
+    its gold reward, whatever drew the samples (:func:`evaluate_policy`, best-of-n)."""
+    gold, gold_sem = mean_sem(world.gold.gold_reward(decode_completions(world.tokenizer, completion_ids)))
+    return {"gold_reward": gold, "gold_reward_sem": gold_sem,
+            "eos_rate": eos_rate(completion_ids, world.tokenizer.eos_token_id),
+            "length": sum(len(x) for x in completion_ids) / len(completion_ids)}
+
+
+@torch.no_grad()
+def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = None, *,
+                    max_new_tokens: int = MAX_NEW_TOKENS, seed: int = EVAL_SEED) -> dict:
+    """Measure ``policy`` on the world's held-out prompts (module docstring): one sample per prompt.
+
+    ``reference``: the model the KL is measured against (default: the world's SFT model), on the policy's device.
+    Returns ``gold_reward``, ``kl`` (each with its standard error ``*_sem`` over prompts), ``kl_kind`` ("sampled"),
+    ``rm_score`` (the proxy's view of the same samples; NaN without a reward model), ``eos_rate``, ``length`` (mean
+    completion tokens, EOS included) and ``samples`` (how many were drawn). Modes are restored after.
+    """
+    reference = world.sft if reference is None else reference
+    device = same_device(policy=policy, reference=reference)
+    tokenizer, prompts = world.tokenizer, world.eval_prompts
+    with evaluating(policy, reference):
+        ids = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=1.0,
+                       batch_size=EVAL_BATCH_SIZE, seed=seed, progress=False, return_ids=True)
+        kl = []
+        for start in range(0, len(prompts), EVAL_BATCH_SIZE):
+            batch = tokenize_completions(tokenizer, prompts[start:start + EVAL_BATCH_SIZE],
+                                         ids[start:start + EVAL_BATCH_SIZE], max_length=policy.config.n_positions)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            kl.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
+    kl_mean, kl_sem = mean_sem(torch.cat(kl))
+    scores = score_samples(world, ids)
+    rm = score_texts(world.reward_model, tokenizer, prompts, ids).mean().item() if world.reward_model is not None else math.nan
+    return {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,
+            "kl_sem": kl_sem, "kl_kind": "sampled", "rm_score": rm, "eos_rate": scores["eos_rate"],
+            "length": scores["length"], "samples": len(ids)}
+
+
+def sft_point(world: World, **settings) -> dict:
+    """The SFT model's own point, step 0 of every curve: :func:`evaluate_policy` of the SFT model against itself
+    (its KL is exactly 0, and with the shared sampling seed every run starts from these very samples)."""
+    return {"step": 0, **evaluate_policy(world.sft, world, **settings)}
+
