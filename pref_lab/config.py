@@ -17,7 +17,22 @@ import torch
 # The repository root is the folder above this package; `data/` sits beside it. Notebooks run
 # from `notebooks/`, tests from the root, scripts from anywhere: all find the same folder.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("PREF_LAB_DATA", REPO_ROOT / "data"))
+
+
+def data_dir_from_env(value: str | None) -> Path:
+    """``$PREF_LAB_DATA`` as the data folder (unset: ``<repo>/data``). It must be an absolute path: a relative one
+    would mean a different folder in every working directory (notebooks run in ``notebooks/``, tests in the root)."""
+    if value is None:
+        return REPO_ROOT / "data"
+    if not value.strip():
+        raise ValueError("PREF_LAB_DATA is set but empty: unset it to use the shipped data/, or give an absolute path")
+    if not Path(value).expanduser().is_absolute():
+        raise ValueError(f"PREF_LAB_DATA={value!r} is a relative path, which would change with the working directory: "
+                         f"give an absolute path, e.g. PREF_LAB_DATA={Path(value).resolve()}")
+    return Path(value).expanduser()
+
+
+DATA_DIR = data_dir_from_env(os.environ.get("PREF_LAB_DATA"))
 
 
 def data_path(*parts: str) -> Path:
@@ -30,10 +45,21 @@ def data_path(*parts: str) -> Path:
 # model it was given. Helpers that take two models check that they share a device (same_device).
 def get_device(device: str | torch.device | None = None) -> torch.device:
     """The device a loader puts a model on: the argument if given, else ``$PREF_LAB_DEVICE``, else CUDA, MPS, CPU."""
-    if device is None:
-        device = os.environ.get("PREF_LAB_DEVICE")
+    source = "device"
+    if device is None and os.environ.get("PREF_LAB_DEVICE") is not None:
+        device, source = os.environ["PREF_LAB_DEVICE"], "PREF_LAB_DEVICE"
     if device is not None:
-        return torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"{source}={device!r} is not a device: use cpu, cuda, cuda:0 or mps") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{source}={str(device)!r} but this machine has no CUDA GPU: use cpu (or unset it)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{source}={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"{source}={str(device)!r} but MPS is not available here: use cpu (or unset it)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -21,9 +21,10 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
 from .config import data_path
+from .models import ASSISTANT, SPECIAL_TOKENS, USER
 
 SPLITS = ("train", "val", "test")
 CORPUS_FILE = "corpus/corpus.jsonl"
@@ -33,20 +34,28 @@ CORPUS_FILE = "corpus/corpus.jsonl"
 # ~64 tokens), so anything longer there is a data bug, not a long review.
 MAX_CHARS = {"corpus": 8000, "sft": 1000, "preference": 1000}
 
-# Columns each record type must have (all strings). Validators check exactly these.
+# Columns each record type must have (all strings). Validators check exactly these; extra columns are kept.
 RECORD_COLUMNS = {
     "corpus": ("movie_id", "movie_title", "kind", "text", "split"),
     "sft": ("prompt", "response"),
     "preference": ("prompt", "chosen", "rejected"),
 }
+# The columns a model reads as one (prompt, completion) text: the token-length check adds EOS to each completion.
+COMPLETION_COLUMNS = {"sft": ("response",), "preference": ("chosen", "rejected")}
 
 
 # ----------------------------------------------------------------------------- validation
-def validate_record(record: Mapping, kind: str, source: str = "<records>", row: int = 0) -> None:
+# One validation layer: the loaders call it on what they read, and every trainer calls it (with its tokenizer and
+# its model's context) on what it is given, however that was loaded (pref_lab's loaders, datasets.load_dataset, a
+# list of dicts). A bad record raises ValueError("<source>, row <i>: <problem>"), rows counted from 0.
+def validate_record(record: Mapping, kind: str, source: str = "<records>", row: int = 0, chat_format: bool = True) -> None:
     """Raise ``ValueError("<source>, row <row>: <problem>")`` if ``record`` is not a valid ``kind``.
 
     Checks: every required column present, a string, not empty or blank, at most ``MAX_CHARS[kind]``
-    characters; for preference pairs also ``chosen != rejected``.
+    characters; for SFT and preference records, that no column holds a special token as text (``<|endoftext|>``
+    in a completion would become a real EOS id) and, with ``chat_format``, that the prompt is one chat turn
+    (``<|user|>...<|assistant|>``, as :func:`pref_lab.models.format_prompt` writes it); for preference pairs
+    also ``chosen != rejected``. Token lengths need a tokenizer: :func:`validate_records` checks them.
     """
     if kind not in RECORD_COLUMNS:
         raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(RECORD_COLUMNS)}")
@@ -65,18 +74,65 @@ def validate_record(record: Mapping, kind: str, source: str = "<records>", row: 
             raise ValueError(f"{where}: column {column!r} is over-long ({len(value)} > {MAX_CHARS[kind]} characters)")
     if kind == "corpus" and record["split"] not in SPLITS:
         raise ValueError(f"{where}: split {record['split']!r} is not one of {SPLITS}")
+    if kind in COMPLETION_COLUMNS:
+        for column in COMPLETION_COLUMNS[kind]:
+            special = [t for t in SPECIAL_TOKENS if t in record[column]]
+            if special:
+                raise ValueError(f"{where}: column {column!r} contains the special token {special[0]!r} as text; a "
+                                 "completion is plain text (EOS is appended for you): remove it")
+        prompt = record["prompt"]
+        if chat_format and not (prompt.startswith(USER) and prompt.endswith(ASSISTANT) and prompt.count(USER) == 1
+                                and prompt.count(ASSISTANT) == 1 and len(prompt) > len(USER + ASSISTANT)):
+            raise ValueError(f"{where}: prompt {prompt[:60]!r} is not one chat turn '{USER}...{ASSISTANT}': "
+                             "format it with pref_lab.models.format_prompt(tokenizer, instruction)")
     if kind == "preference" and record["chosen"].strip() == record["rejected"].strip():
         raise ValueError(f"{where}: chosen == rejected ({record['chosen'][:60]!r}); a pair must differ")
 
 
-def validate_records(records: Iterable[Mapping], kind: str, source: str = "<records>") -> int:
-    """Validate every record (rows counted from 0); returns how many there were."""
+def uses_chat_format(tokenizer) -> bool:
+    """Whether ``tokenizer`` knows the course's chat tokens (then prompts must be chat turns)."""
+    return USER in tokenizer.get_vocab() and ASSISTANT in tokenizer.get_vocab()
+
+
+def check_token_lengths(tokenizer, prompts: list[str], completions: list[str], max_length: int, source: str,
+                        rows: list[int] | None = None) -> None:
+    """``ValueError("<source>, row <i>: ...")`` for the first (prompt, completion + EOS) longer than ``max_length``
+    tokens (the model's context; ``rows[j]`` is the caller's row of pair j). Characters are no guide: about 500 of
+    them already fill a 128-token context."""
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    for j, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        if len(p) + len(c) + 1 > max_length:
+            row = rows[j] if rows is not None else j
+            raise ValueError(f"{source}, row {row}: prompt + completion + EOS is {len(p) + len(c) + 1} tokens, more than "
+                             f"the model's context of {max_length}: shorten the text (it is never truncated silently)")
+
+
+def validate_records(records: Iterable[Mapping], kind: str, source: str = "<records>", tokenizer=None,
+                     max_length: int | None = None) -> int:
+    """Validate every record (rows counted from 0); returns how many there were.
+
+    With a ``tokenizer`` (and the model's context ``max_length``), also checks each (prompt, completion) in tokens,
+    and the chat format only if the tokenizer has the chat tokens. ``records``: a list of dicts or a
+    ``datasets.Dataset`` (extra columns are fine).
+    """
+    if isinstance(records, str):
+        raise ValueError(f"{source}: expected records (a list of dicts or a datasets.Dataset), got a string")
+    chat = uses_chat_format(tokenizer) if tokenizer is not None else True
     count = 0
     for row, record in enumerate(records):
-        validate_record(record, kind, source, row)
+        validate_record(record, kind, source, row, chat_format=chat)
         count += 1
     if count == 0:
         raise ValueError(f"{source}: no records")
+    if tokenizer is not None and max_length is not None and kind in COMPLETION_COLUMNS:
+        first_row: dict[tuple[str, str], int] = {}  # each distinct (prompt, completion) once: pair sets repeat texts
+        for row, record in enumerate(records):
+            for column in COMPLETION_COLUMNS[kind]:
+                first_row.setdefault((record["prompt"], record[column]), row)
+        texts = list(first_row)
+        check_token_lengths(tokenizer, [p for p, _ in texts], [c for _, c in texts], max_length, source,
+                            rows=list(first_row.values()))
     return count
 
 
@@ -150,10 +206,33 @@ def write_jsonl(records: Iterable[Mapping], path: str | Path) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a ``.jsonl`` (or ``.jsonl.gz``) file."""
+    """The records of a ``.jsonl`` (or ``.jsonl.gz``) file: one JSON object per line, blank lines skipped, a UTF-8
+    byte-order mark accepted. A missing file, bad gzip or UTF-8, a line that is not a JSON object, or a file with no
+    records raises an error naming the file (and the line, counted from 1)."""
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return [json.loads(line) for line in io.StringIO(raw.decode("utf-8")) if line.strip()]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8-sig")  # utf-8-sig: a byte-order mark some editors write is not part of the data
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        kind = "gzipped UTF-8 JSONL" if path.suffix == ".gz" else "UTF-8 JSONL"
+        raise ValueError(f"{path}: cannot read it as {kind} ({error})") from error
+    records = []
+    for number, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: invalid JSON ({error.msg} at column {error.colno}); "
+                             "a truncated or hand-edited file?") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object per line, got {type(record).__name__}")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path}: the file has no records")
+    return records
 
 
 # ----------------------------------------------------------------------------- loading
@@ -164,10 +243,11 @@ def load_corpus(split: str | None = None, kind: str | None = None, path: str | P
         raise FileNotFoundError(f"{path} is missing: run `make assets` to rebuild the shipped data")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    ds = load_dataset("json", data_files=str(path), split="train")
-    if split is not None or kind is not None:
-        ds = ds.filter(lambda r: (split is None or r["split"] == split) and (kind is None or r["kind"] == kind))
-    return ds
+    records = read_jsonl(path)
+    validate_records(records, "corpus", str(path))
+    # Dataset.from_list, not load_dataset("json"): no cache files, no hub lookup, the same validated rows
+    return Dataset.from_list([r for r in records if (split is None or r["split"] == split)
+                              and (kind is None or r["kind"] == kind)])
 
 
 def load_preferences(split: str = "train", path: str | Path | None = None) -> Dataset:
@@ -178,5 +258,6 @@ def load_preferences(split: str = "train", path: str | Path | None = None) -> Da
     path = Path(path) if path else data_path("preferences", f"{split}.jsonl")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make assets` to rebuild the shipped data")
-    validate_records(read_jsonl(path), "preference", str(path))
-    return load_dataset("json", data_files=str(path), split="train")
+    records = read_jsonl(path)
+    validate_records(records, "preference", str(path))
+    return Dataset.from_list(records)

@@ -24,6 +24,7 @@ Same numbers as TRL 1.16's ``DPOTrainer`` (``loss_type="sigmoid"``): loss, gradi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,9 +33,10 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from .config import model_device, same_device, seed_everything
-from .logprobs import sequence_logprobs, tokenize_completions
+from .data import validate_records
+from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
-from .models import disable_dropout, evaluating
+from .models import context_length, disable_dropout, evaluating
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -67,7 +69,13 @@ def dpo_loss(
     For students: ``F.logsigmoid(beta * (pi_logratios - ref_logratios))`` is the per-pair
     Bradley-Terry *log-likelihood* that y_w beats y_l under the implicit reward; the loss is its
     negative, averaged over pairs (maximum likelihood on the preference labels).
+
+    Bad input raises ``ValueError`` saying what was expected (:func:`check_dpo_inputs`): logits (B, T, V) or
+    per-token log-probs (B, T) instead of per-sequence log-probs (B,), index tensors that are not 1-D integer
+    tensors of one length within [0, B), an empty batch, a beta that is not a positive finite number, and
+    non-finite log-probs (a -inf log-prob would make the loss 0 and hide the bug).
     """
+    check_dpo_inputs(pi_logits, ref_logits, yw_ids, yl_ids, beta)
     pi_yw_logps, pi_yl_logps = pi_logits[yw_ids], pi_logits[yl_ids]
     ref_yw_logps, ref_yl_logps = ref_logits[yw_ids], ref_logits[yl_ids]
 
@@ -77,6 +85,49 @@ def dpo_loss(
     losses = -F.logsigmoid(beta * (pi_logratios - ref_logratios))
     rewards = beta * (pi_logits - ref_logits).detach()
     return losses, rewards
+
+
+def check_beta(beta: float, name: str = "beta") -> None:
+    """``beta`` must be a positive finite number (the KL strength / implicit-reward temperature)."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {beta!r}")
+
+
+def check_dpo_inputs(pi_logps: torch.Tensor, ref_logps: torch.Tensor, yw_ids: torch.Tensor, yl_ids: torch.Tensor,
+                     beta: float) -> None:
+    """The checks of :func:`dpo_loss`, with messages that say what was expected (its docstring lists them)."""
+    for name, x in (("pi_logits", pi_logps), ("ref_logits", ref_logps)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor of per-sequence log-probs (B,), got {type(x).__name__}")
+        if x.dim() != 1:
+            hint = {3: "did you pass logits?", 2: "did you pass per-token log-probs? sum them per sequence "
+                    "(pref_lab.logprobs.sequence_logprobs)"}.get(x.dim(), "")
+            raise ValueError(f"{name} must be per-sequence log-probs of shape (B,), got {tuple(x.shape)}: {hint}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be floating point log-probs, got {x.dtype}")
+    if pi_logps.shape != ref_logps.shape:
+        raise ValueError(f"pi_logits {tuple(pi_logps.shape)} and ref_logits {tuple(ref_logps.shape)} must have one entry "
+                         "per completion each, in the same rows")
+    if len(pi_logps) == 0:
+        raise ValueError("empty batch: no completions to compare")
+    for name, ids in (("yw_ids", yw_ids), ("yl_ids", yl_ids)):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor of row indices (P,), got "
+                             f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
+    if yw_ids.shape != yl_ids.shape or len(yw_ids) == 0:
+        raise ValueError(f"yw_ids {tuple(yw_ids.shape)} and yl_ids {tuple(yl_ids.shape)} must index P >= 1 pairs each "
+                         "(one chosen and one rejected row per pair)")
+    n = len(pi_logps)
+    for name, ids in (("yw_ids", yw_ids), ("yl_ids", yl_ids)):
+        if ids.min() < 0 or ids.max() >= n:
+            raise ValueError(f"{name} must be row indices in [0, {n}), got values from {int(ids.min())} to {int(ids.max())}")
+    check_beta(beta)
+    for name, x in (("pi_logits", pi_logps), ("ref_logits", ref_logps)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} has non-finite values (row {int((~torch.isfinite(x)).nonzero()[0][0])}): a log-prob "
+                             "of -inf or NaN means a broken model or batch, and would hide in the loss")
+        if (x > 1e-4).any():
+            raise ValueError(f"{name} has positive values (max {x.max().item():.3g}): log-probs are <= 0; logits?")
 
 
 # ----------------------------------------------------------------------------- batches
@@ -135,19 +186,18 @@ def dpo_metrics(
     }
 
 
-def _columns(dataset) -> tuple[list[str], list[str], list[str]]:
-    """``prompt``/``chosen``/``rejected`` columns of a ``datasets.Dataset`` or a list of dicts."""
-    if len(dataset) == 0:
-        raise ValueError("the preference dataset is empty")
+def _columns(dataset, tokenizer=None, max_length: int | None = None, source: str = "dataset"
+             ) -> tuple[list[str], list[str], list[str]]:
+    """``prompt``/``chosen``/``rejected`` columns of a ``datasets.Dataset`` or a list of dicts, every row validated
+    first (:func:`pref_lab.data.validate_records`: columns, strings, chat format, chosen != rejected and, with a
+    tokenizer, the length in tokens), so a bad row is named before training starts, however it was loaded."""
     if isinstance(dataset, Dataset):
         missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
         if missing:
-            raise ValueError(f"preference dataset lacks column(s) {sorted(missing)}")
+            raise ValueError(f"{source}: the preference dataset lacks column(s) {sorted(missing)}")
+    validate_records(dataset, "preference", source, tokenizer, max_length)
+    if isinstance(dataset, Dataset):
         return list(dataset["prompt"]), list(dataset["chosen"]), list(dataset["rejected"])
-    for i, row in enumerate(dataset):
-        missing = {"prompt", "chosen", "rejected"} - set(row)
-        if missing:
-            raise ValueError(f"row {i}: missing column(s) {sorted(missing)}")
     return [r["prompt"] for r in dataset], [r["chosen"] for r in dataset], [r["rejected"] for r in dataset]
 
 
@@ -158,7 +208,7 @@ def precompute_reference_logps(
     tokenizer,
     dataset,
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi_ref(chosen|x) and log pi_ref(rejected|x) for every pair: two tensors of shape (N,), on the CPU.
 
@@ -167,13 +217,15 @@ def precompute_reference_logps(
     Runs on ``reference``'s device, in eval mode (its mode is restored after).
     """
     device = model_device(reference)
-    prompts, chosen, rejected = _columns(dataset)
+    max_length = max_length or context_length(reference)
+    prompts, chosen, rejected = _columns(dataset, tokenizer, max_length)
     ref_chosen, ref_rejected = [], []
     with evaluating(reference):
         for start in range(0, len(prompts), batch_size):
             sl = slice(start, start + batch_size)
             batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts[sl], chosen[sl], rejected[sl], max_length)
-            ref_logps = sequence_logprobs(reference, **{k: v.to(device) for k, v in batch.items()}).cpu()
+            ref_logps = require_finite(sequence_logprobs(reference, **{k: v.to(device) for k, v in batch.items()}).cpu(),
+                                       "precompute_reference_logps: reference log-probs")
             ref_chosen.append(ref_logps[yw_ids])
             ref_rejected.append(ref_logps[yl_ids])
     return torch.cat(ref_chosen), torch.cat(ref_rejected)
@@ -181,7 +233,7 @@ def precompute_reference_logps(
 
 # ----------------------------------------------------------------------------- one step
 def dpo_forward(policy, batch: dict[str, torch.Tensor], ref_logps: torch.Tensor, yw_ids: torch.Tensor,
-                yl_ids: torch.Tensor, beta: float, loss_fn: PairLossFn | None = None
+                yl_ids: torch.Tensor, beta: float, loss_fn: PairLossFn | None = None, where: str = "DPO"
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The policy's side of one DPO step on a 2P-row batch whose reference log-probs ``ref_logps`` (B,) are known.
 
@@ -190,6 +242,9 @@ def dpo_forward(policy, batch: dict[str, torch.Tensor], ref_logps: torch.Tensor,
     pi_logps (B,))``: :func:`dpo_loss`'s, or ``loss_fn``'s losses with DPO's implicit rewards (as TRL logs them).
     """
     pi_logps = sequence_logprobs(policy, **batch)
+    if not torch.isfinite(pi_logps).all():  # a diverged policy: name the step, not dpo_loss's argument
+        raise RuntimeError(f"{where}: the policy's log-probs are not finite (the run diverged, or the weights are "
+                           "broken): try a smaller lr or beta")
     losses, rewards = dpo_loss(pi_logps, ref_logps, yw_ids, yl_ids, beta)
     if loss_fn is not None:  # another loss; the logged rewards stay DPO's implicit rewards (as in TRL)
         losses = loss_fn(pi_logps, ref_logps, yw_ids, yl_ids, batch["completion_mask"].sum(-1))
@@ -208,7 +263,7 @@ def dpo_step(policy, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Te
     where the pairs come from differs. Returns :func:`dpo_metrics` of the batch, measured before the update;
     a non-finite loss raises ``RuntimeError`` naming ``where`` (e.g. "DPO step 7").
     """
-    losses, rewards, pi_logps = dpo_forward(policy, batch, ref_logps, yw_ids, yl_ids, beta, loss_fn)
+    losses, rewards, pi_logps = dpo_forward(policy, batch, ref_logps, yw_ids, yl_ids, beta, loss_fn, where)
     loss = losses.mean()
     check_finite(loss, where)
     optimizer.zero_grad(set_to_none=True)
@@ -220,12 +275,12 @@ def dpo_step(policy, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Te
 
 
 def dpo_batch(policy, reference, tokenizer, prompts, chosen, rejected, ref_chosen=None, ref_rejected=None,
-              max_length: int = 128) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+              max_length: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch of text pairs, ready for :func:`dpo_forward`: ``(batch, ref_logps, yw_ids, yl_ids)`` on the
     policy's device. ``ref_logps`` are the precomputed ``ref_chosen``/``ref_rejected`` (P,) when given, else the
     frozen reference's, computed here without gradients."""
     device = model_device(policy)
-    batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts, chosen, rejected, max_length)
+    batch, yw_ids, yl_ids = build_preference_batch(tokenizer, prompts, chosen, rejected, max_length or context_length(policy))
     batch = {k: v.to(device) for k, v in batch.items()}
     if ref_chosen is not None:
         ref_logps = torch.cat([ref_chosen, ref_rejected]).to(device)  # rows are [chosen..., rejected...]
@@ -236,21 +291,23 @@ def dpo_batch(policy, reference, tokenizer, prompts, chosen, rejected, ref_chose
 
 
 @torch.no_grad()
-def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size: int = 64, max_length: int = 128,
+def evaluate_dpo(policy, reference, tokenizer, dataset, beta: float, batch_size: int = 64, max_length: int | None = None,
                  loss_fn: PairLossFn | None = None) -> dict[str, float]:
     """DPO metrics on a whole dataset (means over all its pairs), both models in eval mode (modes restored after).
 
     ``loss`` is ``loss_fn``'s (default: DPO's); the ``rewards/*`` are always DPO's implicit rewards.
     """
     same_device(policy=policy, reference=reference)
-    prompts, chosen, rejected = _columns(dataset)
+    max_length = max_length or context_length(policy)
+    prompts, chosen, rejected = _columns(dataset, tokenizer, max_length)
     totals: dict[str, float] = {}
     with evaluating(policy, reference):
         for start in range(0, len(prompts), batch_size):
             sl = slice(start, start + batch_size)
             batch, ref_logps, yw_ids, yl_ids = dpo_batch(policy, reference, tokenizer, prompts[sl], chosen[sl],
                                                          rejected[sl], max_length=max_length)
-            losses, rewards, pi_logps = dpo_forward(policy, batch, ref_logps, yw_ids, yl_ids, beta, loss_fn)
+            losses, rewards, pi_logps = dpo_forward(policy, batch, ref_logps, yw_ids, yl_ids, beta, loss_fn,
+                                                    where="evaluate_dpo")
             n = len(prompts[sl])
             for key, value in dpo_metrics(losses, rewards, pi_logps, yw_ids, yl_ids).items():
                 totals[key] = totals.get(key, 0.0) + value * n  # weight by batch size: a mean over all pairs
@@ -281,7 +338,7 @@ def train_dpo(
     *,
     precompute_ref_logps: bool = False,
     max_grad_norm: float | None = 1.0,
-    max_length: int = 128,
+    max_length: int | None = None,
     loss_fn: PairLossFn | None = None,
     eval_fn: EvalFn | None = None,
     eval_every: int = 50,
@@ -312,13 +369,13 @@ def train_dpo(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_steps(steps, eval_every)
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    check_beta(beta)
     if policy is reference:
         raise ValueError("policy and reference are the same object: pass a copy, e.g. copy.deepcopy(reference)")
     same_device(policy=policy, reference=reference)
     generator = seed_everything(seed)
-    prompts, chosen, rejected = _columns(dataset)
+    max_length = max_length or context_length(policy)
+    prompts, chosen, rejected = _columns(dataset, tokenizer, max_length)
     reference.eval()  # frozen: eval mode, used only under torch.no_grad(), not given to the optimizer
     disable_dropout(policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -361,7 +418,7 @@ def implicit_rewards(
     completions: Sequence[str],
     beta: float,
     batch_size: int = 64,
-    max_length: int = 128,
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """DPO's implicit reward r_hat(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)) per row: shape (N,), on the CPU.
 
@@ -372,11 +429,13 @@ def implicit_rewards(
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     device = same_device(policy=policy, reference=reference)
+    max_length = max_length or context_length(policy)
     rewards = []
     with evaluating(policy, reference):
         for start in range(0, len(prompts), batch_size):
             sl = slice(start, start + batch_size)
-            batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length)
+            batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length,
+                                         first_row=start)
             batch = {k: v.to(device) for k, v in batch.items()}
             rewards.append(beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
-    return torch.cat(rewards)
+    return require_finite(torch.cat(rewards), "implicit_rewards")

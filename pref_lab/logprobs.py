@@ -22,6 +22,7 @@ def tokenize_completions(
     max_length: int = 128,
     padding_side: str = "right",
     add_eos: bool = True,
+    first_row: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Tokenize (prompt, completion) pairs into one padded batch.
 
@@ -30,13 +31,34 @@ def tokenize_completions(
 
     Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each of shape (B, T):
     ``completion_mask[i, t] = 1`` where token t of row i belongs to the completion.
-    Raises ``ValueError`` naming the row if a completion is empty or the pair is longer than
-    ``max_length`` tokens (the models' context), rather than silently truncating it.
+    Raises ``ValueError`` naming the row (``first_row + i``: callers that batch pass their batch's first row, so the
+    message names *their* row) if a prompt or completion is empty, not a string (or id tensor), holds a special token
+    as text, or the pair is longer than ``max_length`` tokens (the models' context), rather than silently
+    truncating it.
     """
+    if isinstance(prompts, str) or isinstance(completions, str):
+        raise ValueError("prompts and completions must be lists (one entry per row), not a single string")
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    special = tokenizer.all_special_tokens
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        row = first_row + i
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"row {row}: the prompt must be a non-empty string, got {prompt!r:.60}")
+        if isinstance(completion, torch.Tensor):
+            if completion.dim() != 1 or completion.dtype not in (torch.long, torch.int, torch.int32):
+                raise ValueError(f"row {row}: a completion tensor must be 1-D token ids, got {tuple(completion.shape)} "
+                                 f"{completion.dtype}")
+        elif not isinstance(completion, str):
+            raise ValueError(f"row {row}: a completion must be a string or a tensor of ids, got {type(completion).__name__}")
+        elif not completion.strip():
+            raise ValueError(f"row {row}: empty completion for prompt {prompt[:60]!r}")
+        elif any(t in completion for t in special):
+            token = next(t for t in special if t in completion)
+            raise ValueError(f"row {row}: the completion holds the special token {token!r} as text (EOS is appended "
+                             f"for you): {completion[:60]!r}")
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     rows = []
     for i, (p_ids, completion) in enumerate(zip(prompt_ids, completions)):
@@ -47,9 +69,10 @@ def tokenize_completions(
             if add_eos:
                 c_ids = c_ids + [tokenizer.eos_token_id]
         if len(c_ids) == 0:
-            raise ValueError(f"row {i}: empty completion for prompt {prompts[i][:60]!r}")
+            raise ValueError(f"row {first_row + i}: empty completion for prompt {prompts[i][:60]!r}")
         if len(p_ids) + len(c_ids) > max_length:
-            raise ValueError(f"row {i}: prompt + completion is {len(p_ids) + len(c_ids)} tokens > max_length={max_length}")
+            raise ValueError(f"row {first_row + i}: prompt + completion is {len(p_ids) + len(c_ids)} tokens > "
+                             f"max_length={max_length} (the model's context): shorten it (nothing is truncated)")
         rows.append((p_ids, c_ids))
     width = max(len(p) + len(c) for p, c in rows)
     batch = {k: torch.zeros(len(rows), width, dtype=torch.long) for k in ("input_ids", "attention_mask", "completion_mask")}
@@ -61,6 +84,17 @@ def tokenize_completions(
         batch["attention_mask"][i, start:start + n] = 1
         batch["completion_mask"][i, start + len(p_ids):start + n] = 1
     return batch
+
+
+def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values`` unchanged if every entry is finite, else ``ValueError`` naming ``what`` and the first bad row: a NaN
+    score or log-prob means a broken model (non-finite weights, a blown-up run), never a number to average."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        row = int(bad.nonzero()[0][0])
+        raise ValueError(f"{what}: row {row} is {values.flatten()[bad.flatten().nonzero()[0][0]].item()} "
+                         "(are the model's weights finite? a diverged run gives NaN)")
+    return values
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ Conventions follow TRL 1.16 (``trl/trainer/dpo_trainer.py`` ``DPOTrainer._comput
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -27,16 +28,38 @@ import torch.nn.functional as F
 PairLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _margin(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> torch.Tensor:
+def _check_per_pair(name: str, x: torch.Tensor) -> None:
+    """A per-pair (or per-example) input: a non-empty 1-D float tensor of finite values."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor with one entry per pair (P,), got "
+                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+    if x.dim() != 1 or len(x) == 0:
+        hint = " (did you pass logits or per-token log-probs? these losses take one number per pair)" if x.dim() > 1 else ""
+        raise ValueError(f"{name} must have shape (P,) with P >= 1, got {tuple(x.shape)}{hint}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} has non-finite values (row {int((~torch.isfinite(x)).nonzero()[0][0])}): a log-prob of "
+                         "-inf or NaN means a broken model or batch")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _margin(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+    _check_per_pair("chosen", chosen_logratios)
+    _check_per_pair("rejected", rejected_logratios)
     if chosen_logratios.shape != rejected_logratios.shape:
         raise ValueError(f"chosen {tuple(chosen_logratios.shape)} and rejected {tuple(rejected_logratios.shape)} "
                          "must have the same shape (one entry per pair)")
+    if beta is not None:
+        _check_positive("beta", beta)
     return chosen_logratios - rejected_logratios
 
 
 def dpo_sigmoid_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO: -log sigma(beta * h).  Rafailov et al. 2023, arXiv:2305.18290 (TRL ``loss_type="sigmoid"``)."""
-    return -F.logsigmoid(beta * _margin(chosen_logratios, rejected_logratios))
+    return -F.logsigmoid(beta * _margin(chosen_logratios, rejected_logratios, beta))
 
 
 def cdpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
@@ -51,7 +74,7 @@ def cdpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, 
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    h = _margin(chosen_logratios, rejected_logratios)
+    h = _margin(chosen_logratios, rejected_logratios, beta)
     return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
@@ -69,7 +92,7 @@ def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, b
     if chosen_lengths is not None:
         chosen_logratios = chosen_logratios / chosen_lengths.clamp(min=1)
         rejected_logratios = rejected_logratios / rejected_lengths.clamp(min=1)
-    return (_margin(chosen_logratios, rejected_logratios) - 1 / (2 * beta)) ** 2
+    return (_margin(chosen_logratios, rejected_logratios, beta) - 1 / (2 * beta)) ** 2
 
 
 def hinge_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
@@ -77,7 +100,7 @@ def hinge_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
 
     Zero loss, hence zero gradient, once the margin beta*h exceeds 1: confident pairs stop training.
     """
-    return torch.relu(1 - beta * _margin(chosen_logratios, rejected_logratios))
+    return torch.relu(1 - beta * _margin(chosen_logratios, rejected_logratios, beta))
 
 
 def simpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float,
@@ -89,7 +112,9 @@ def simpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor,
     so a long answer is not penalised for having more tokens, and gamma > 0 demands a target margin.
     TRL 1.16 (``trl/experimental/cpo``, ``loss_type="simpo"``) writes it as beta * (diff - gamma/beta): the same.
     """
-    return -F.logsigmoid(beta * _margin(chosen_avg_logps, rejected_avg_logps) - gamma)
+    if not math.isfinite(gamma):
+        raise ValueError(f"gamma must be finite, got {gamma!r}")
+    return -F.logsigmoid(beta * _margin(chosen_avg_logps, rejected_avg_logps, beta) - gamma)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +131,12 @@ def orpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, 
     ``beta``) computes the same odds-ratio term, but its NLL is a token mean over all chosen tokens in the
     batch, whereas ours is per pair (each pair weighs the same); equal when completions have equal length.
     """
+    margin = _margin(chosen_avg_logps, rejected_avg_logps)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     if (chosen_avg_logps > 0).any() or (rejected_avg_logps > 0).any():
         raise ValueError("average log-probs must be <= 0")
-    log_odds = _margin(chosen_avg_logps, rejected_avg_logps) - (
+    log_odds = margin - (
         _log1mexp(chosen_avg_logps) - _log1mexp(rejected_avg_logps))
     return -chosen_avg_logps - lam * F.logsigmoid(log_odds)
 
@@ -123,8 +151,11 @@ def kto_loss(logratios: torch.Tensor, desirable: torch.Tensor, beta: float, z_re
     it from mismatched (x, y') pairs in the batch, detaches it and clamps it at 0. We take it as given:
     pass a detached scalar or tensor.
     """
-    if logratios.shape != desirable.shape:
-        raise ValueError(f"logratios {tuple(logratios.shape)} and desirable {tuple(desirable.shape)} differ in shape")
+    _check_per_pair("logratios", logratios)
+    _check_positive("beta", beta)
+    if not isinstance(desirable, torch.Tensor) or logratios.shape != desirable.shape:
+        raise ValueError(f"logratios {tuple(logratios.shape)} and desirable {tuple(getattr(desirable, 'shape', ()))} must "
+                         "be tensors of one shape (N,): one thumbs-up/down label per example")
     desirable = desirable.bool()
     gain = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z_ref)))
     loss_aversion = undesirable_weight * (1 - torch.sigmoid(beta * (z_ref - logratios)))

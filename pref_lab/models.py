@@ -9,6 +9,8 @@ Chat format (one user turn, one assistant turn)::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +34,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
-MODEL_NAMES = ("base", "sft")
+MODEL_NAMES = ("base", "sft", "dpo")  # the shipped language models, data/models/<name>
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -105,18 +107,46 @@ def model_path(name: str) -> Path:
     return data_path("models", name)
 
 
+def load_checkpoint(model_class, folder: Path, asset: str | None = None):
+    """``model_class.from_pretrained(folder)`` (safetensors only) with the checks a loader owes its user: a missing
+    or unreadable file is named; a shipped asset's weights must match the sha256 ``data/manifest.json`` records for
+    them; and every weight must be finite (overwritten bytes can load silently as NaN)."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: not a model folder, or an interrupted copy (`make assets` "
+                                "rebuilds the shipped ones)")
+    manifest = data_path("manifest.json")
+    if asset is not None and manifest.is_file():
+        entry = json.loads(manifest.read_text())["assets"].get(asset, {}).get("files", {}).get(
+            f"models/{asset}/model.safetensors")
+        if entry is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{weights} does not match the sha256 that data/manifest.json records for it: the file is "
+                             "damaged or was replaced; restore it (git checkout data/) or rebuild it (`make assets`)")
+    try:
+        model = model_class.from_pretrained(str(folder), use_safetensors=True)
+    except Exception as error:  # safetensors, OSError, ValueError: all mean the same thing to a student
+        raise ValueError(f"{folder}: cannot load the model ({type(error).__name__}: {error}); the folder is incomplete "
+                         "or its files are damaged") from error
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise ValueError(f"{weights}: weight {name} has NaN/inf values: the file is damaged")
+    return model
+
+
 def load_model(name_or_path: str | Path = "base", device: str | torch.device | None = None) -> GPT2LMHeadModel:
-    """Load a shipped model by name (``"base"``, ``"sft"``) or from a folder, in eval mode."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = model_path(str(name_or_path))
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no model {name_or_path!r}: expected a folder or one of {MODEL_NAMES} under {data_path('models')}"
-            " (run `make assets`)"
-        )
-    model = GPT2LMHeadModel.from_pretrained(str(path), use_safetensors=True)
-    return model.to(get_device(device)).eval()
+    """A shipped model by name (``"base"``, ``"sft"``, ``"dpo"``: always ``data/models/<name>``, whatever folders
+    the working directory holds), or a model folder given as a path; on ``device``, in eval mode.
+
+    Shipped weights are checked against the manifest's sha256 and every weight must be finite (:func:`load_checkpoint`).
+    """
+    if isinstance(name_or_path, str) and name_or_path in MODEL_NAMES:
+        path, asset = model_path(name_or_path), name_or_path
+    else:
+        path, asset = Path(name_or_path), None
+        if not path.is_dir():
+            raise FileNotFoundError(f"no model folder {str(path)!r}: give a folder, or one of the shipped names "
+                                    f"{MODEL_NAMES} (in {data_path('models')}; `make assets` rebuilds them)")
+    return load_checkpoint(GPT2LMHeadModel, path, asset).to(get_device(device)).eval()
 
 
 def save_model(model: PreTrainedModel, path: str | Path, tokenizer: PreTrainedTokenizerFast | None = None) -> None:
@@ -124,6 +154,22 @@ def save_model(model: PreTrainedModel, path: str | Path, tokenizer: PreTrainedTo
     model.save_pretrained(str(path), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+
+
+def context_length(model) -> int:
+    """The most tokens (prompt + completion) ``model`` can read: GPT-2's ``n_positions``, else
+    ``max_position_embeddings``; 1024 (TRL's ``max_length``) for a model with no config (a test's toy model)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+
+
+def check_finite_parameters(model: torch.nn.Module, where: str) -> None:
+    """``RuntimeError("<where>: parameter <name> has NaN/inf ...")`` if any weight is not finite: a blown-up policy
+    would otherwise crash deep inside the sampler ("probability tensor contains nan")."""
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise RuntimeError(f"{where}: parameter {name} has NaN/inf values: the model diverged "
+                               "(try a smaller learning rate) or loaded broken weights")
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -153,6 +199,22 @@ def generate(
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (sampling); use top_k=1 for greedy")
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got one string (it would be sampled once per character): "
+                         "pass [prompt]")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    context = context_length(model)
+    for row, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"prompt {row} must be a non-empty string, got {prompt!r:.60}: the model needs at least "
+                             "one token to condition on (e.g. tokenizer.eos_token, or a chat prompt)")
+    if context is not None:
+        lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+        longest = max(range(len(lengths)), key=lengths.__getitem__, default=None)
+        if longest is not None and lengths[longest] + max_new_tokens > context:
+            raise ValueError(f"prompt {longest} is {lengths[longest]} tokens; with max_new_tokens={max_new_tokens} it "
+                             f"exceeds the model's context of {context} tokens: shorten it or lower max_new_tokens")
     device = model_device(model)
     if seed is not None:
         torch.manual_seed(seed)

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from .config import model_device, same_device, seed_everything
 from .dpo import dpo_step
-from .logprobs import sequence_logprobs, tokenize_completions
+from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
-from .models import decode_completions, disable_dropout, eos_rate, evaluating, generate
+from .models import check_finite_parameters, decode_completions, disable_dropout, eos_rate, evaluating, generate
 from .reward_model import score_texts
 from .training import Callback, EvalFn, check_steps, log_step
 
@@ -190,6 +190,7 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge
     bar = tqdm(range(1, config.rounds + 1), desc="online DPO", disable=not progress)
     for round_index in bar:
         # 1. fresh samples from the current policy, k per prompt (rows i*k .. i*k+k-1 belong to prompt i)
+        check_finite_parameters(policy, f"online DPO round {round_index}")  # before the sampler, which cannot say where
         picks = torch.randperm(len(prompts), generator=generator)[:config.prompts_per_round]
         round_prompts = [prompts[int(i)] for i in picks]
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
@@ -259,8 +260,10 @@ def mean_logprob(model, tokenizer, prompts: Sequence[str], completions: Sequence
     with evaluating(model):
         for start in range(0, len(prompts), batch_size):
             batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
-                                         list(completions[start:start + batch_size]), max_length=max_length)
-            total += sequence_logprobs(model, **{k: v.to(device) for k, v in batch.items()}, average=per_token).sum().item()
+                                         list(completions[start:start + batch_size]), max_length=max_length,
+                                         first_row=start)
+            logps = sequence_logprobs(model, **{k: v.to(device) for k, v in batch.items()}, average=per_token)
+            total += require_finite(logps, "mean_logprob: log-probs").sum().item()
     return total / len(prompts)
 
 

@@ -36,7 +36,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Mod
 
 from .config import model_device, same_device, seed_everything
 from .logprobs import position_ids_from_mask, token_logprobs, tokenize_completions
-from .models import decode_completions, ends_with_eos, generate
+from .models import check_finite_parameters, decode_completions, ends_with_eos, generate
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -339,6 +339,7 @@ def train_ppo(policy, ref_model, value_model: ValueModel, tokenizer, prompts: Se
         # differ before any update, so the ratio would not start at 1 and clipping would fire on noise.
         for model in (policy, ref_model, value_model):
             model.eval()
+        check_finite_parameters(policy, f"PPO iteration {iteration}")  # before the sampler, which cannot say where
         picks = torch.randperm(len(prompts), generator=generator)[:config.batch_size]
         batch_prompts = [prompts[int(i)] for i in picks]
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))

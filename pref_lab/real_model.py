@@ -139,6 +139,15 @@ def load_real_model(source: str | Path | None = None, device: str | torch.device
         source = folder
     elif Path(source).exists() and not (Path(source) / "config.json").is_file():
         raise ValueError(f"{source} exists but is not a model folder (no config.json)")
+    elif not Path(source).exists():
+        text = str(source)
+        if isinstance(source, Path) or text.startswith(("/", ".", "~")) or text.count("/") != 1:
+            raise FileNotFoundError(f"no model folder {text!r}: check the path (a hub name has the form 'org/name')")
+        import huggingface_hub.constants
+
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(f"{text!r} is not a folder here, and pref_lab runs offline: to download a hub model, "
+                                    "set PREF_LAB_ONLINE=1 before importing pref_lab (see README)")
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
                                                                   use_safetensors=True)

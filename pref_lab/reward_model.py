@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from .config import data_path, get_device, model_device, seed_everything
-from .logprobs import position_ids_from_mask, tokenize_completions
-from .models import disable_dropout
+from .data import validate_records
+from .logprobs import position_ids_from_mask, require_finite, tokenize_completions
+from .models import disable_dropout, evaluating, load_checkpoint
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -41,11 +42,12 @@ def init_reward_model(sft_path: str | Path, seed: int = 0) -> GPT2ForSequenceCla
 
 
 def load_reward_model(path: str | Path | None = None, device=None) -> GPT2ForSequenceClassification:
-    """The shipped reward model (``data/models/rm``), in eval mode."""
-    path = Path(path) if path else data_path("models", "rm")
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `make assets`")
-    model = GPT2ForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+    """The shipped reward model (``data/models/rm``, its weights checked against the manifest), or the one in the
+    folder ``path``; on ``device``, in eval mode. Every weight must be finite (:func:`pref_lab.models.load_checkpoint`)."""
+    folder = Path(path) if path else data_path("models", "rm")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no reward-model folder {str(folder)!r} (`make assets` rebuilds the shipped one)")
+    model = load_checkpoint(GPT2ForSequenceClassification, folder, asset=None if path else "rm")
     return model.to(get_device(device)).eval()
 
 
@@ -65,14 +67,22 @@ def reward_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.T
 
 @torch.no_grad()
 def score_texts(reward_model, tokenizer, prompts: Sequence[str], completions: Sequence, batch_size: int = 64) -> torch.Tensor:
-    """RM score of each (prompt, completion) pair, shape (N,). Completions are texts or id tensors."""
-    reward_model.eval()
+    """RM score of each (prompt, completion) pair, shape (N,). Completions are texts or id tensors.
+
+    Runs where the reward model lives, in eval mode (its mode is restored after); a bad row raises ``ValueError``
+    naming it (the caller's row, not the batch's), and so does a non-finite score (a broken model).
+    """
+    if isinstance(prompts, str) or len(prompts) != len(completions) or len(prompts) == 0:
+        raise ValueError(f"need lists of as many completions as prompts (at least one), got {len(prompts)} prompts "
+                         f"and {len(completions)} completions")
     device = model_device(reward_model)
     out = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenize_completions(tokenizer, prompts[start:start + batch_size], completions[start:start + batch_size])
-        out.append(reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu())
-    return torch.cat(out)
+    with evaluating(reward_model):
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenize_completions(tokenizer, prompts[start:start + batch_size], completions[start:start + batch_size],
+                                         max_length=reward_model.config.n_positions, first_row=start)
+            out.append(reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu())
+    return require_finite(torch.cat(out), "reward-model scores")
 
 
 def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
@@ -96,8 +106,7 @@ def _pair_rewards(reward_model, tokenizer, pairs: Sequence[Mapping], device) -> 
 def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size: int = 64) -> dict:
     """Accuracy (strict r_c > r_r, ties count as wrong), mean Bradley–Terry loss (no centering) and the
     rewards themselves, ``chosen`` and ``rejected``, each (N,) in the order of ``pairs``."""
-    if not pairs:
-        raise ValueError("pairs is empty")
+    validate_records(pairs, "preference", "pairs", tokenizer, reward_model.config.n_positions)
     reward_model.eval()
     device = model_device(reward_model)
     # Score pairs shortest first so each batch pads little (~25% less compute); results return in input order.
@@ -108,6 +117,7 @@ def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size
         idx = order[start:start + batch_size]
         c, r = _pair_rewards(reward_model, tokenizer, [pairs[i] for i in idx], device)
         chosen[idx], rejected[idx] = c.float().cpu(), r.float().cpu()
+    require_finite(torch.cat([chosen, rejected]), "reward-model scores of the pairs")
     return {"accuracy": (chosen > rejected).float().mean().item(),
             "loss": pairwise_loss(chosen, rejected).item(), "chosen": chosen, "rejected": rejected}
 
@@ -171,8 +181,7 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
     own, noisy, training labels), with ``eval_fn(reward_model)`` (e.g. :func:`evaluate_pairs` on held-out pairs)
     under ``"eval"`` every ``eval_every`` steps and after the last one.
     """
-    if not train_pairs:
-        raise ValueError("train_pairs is empty")
+    validate_records(train_pairs, "preference", "train_pairs", tokenizer, reward_model.config.n_positions)
     if prompts_per_step < 1:
         raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
     check_steps(steps, eval_every)

@@ -33,8 +33,8 @@ import torch
 
 from .config import data_path, model_device
 from .data import read_jsonl, validate_record, validate_records, write_jsonl
-from .logprobs import forward_token_logprobs, tokenize_completions
-from .models import evaluating
+from .logprobs import forward_token_logprobs, require_finite, tokenize_completions
+from .models import context_length, evaluating
 from .sft import PLOT_INSTRUCTIONS, REVIEW_INSTRUCTIONS, first_sentences
 
 # Sections and their subsets, in the order tables show them (RewardBench has Chat, Chat Hard, Safety, Reasoning).
@@ -105,7 +105,7 @@ def rewardbench_results(subsets: Sequence[str], chosen_scores: torch.Tensor, rej
 # ----------------------------------------------------------------------------- scorers
 @torch.no_grad()
 def reference_free_scores(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 64,
-                          max_length: int = 128) -> dict[str, torch.Tensor]:
+                          max_length: int | None = None) -> dict[str, torch.Tensor]:
     """All three reference-free scores of each completion under ``model`` from one forward pass:
     ``{"sum": (N,), "avg": (N,), "norm": (N,)}`` (RewardBench's ``ref_free_norm`` options; module docstring).
 
@@ -116,11 +116,13 @@ def reference_free_scores(model, tokenizer, prompts: Sequence[str], completions:
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     device = model_device(model)
+    max_length = max_length or context_length(model)
     scores: dict[str, list[torch.Tensor]] = {kind: [] for kind in REFERENCE_FREE}
     with evaluating(model):
         for start in range(0, len(prompts), batch_size):
             batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
-                                         list(completions[start:start + batch_size]), max_length=max_length)
+                                         list(completions[start:start + batch_size]), max_length=max_length,
+                                         first_row=start)
             batch = {k: v.to(device) for k, v in batch.items()}
             per_token = forward_token_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
             mask = batch["completion_mask"][:, 1:].to(per_token.dtype)  # token t is predicted at position t-1
@@ -128,11 +130,11 @@ def reference_free_scores(model, tokenizer, prompts: Sequence[str], completions:
             scores["sum"].append(masked.sum(-1).cpu())
             scores["avg"].append((masked.sum(-1) / mask.sum(-1)).cpu())
             scores["norm"].append(-masked.norm(dim=-1).cpu())
-    return {kind: torch.cat(values) for kind, values in scores.items()}
+    return {kind: require_finite(torch.cat(values), f"reference_free_scores ({kind})") for kind, values in scores.items()}
 
 
 def logprob_scores(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], kind: str = "sum",
-                   batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+                   batch_size: int = 64, max_length: int | None = None) -> torch.Tensor:
     """One reference-free score (``kind`` = ``"sum"``, ``"avg"`` or ``"norm"``) of each completion: shape (N,)."""
     if kind not in REFERENCE_FREE:
         raise ValueError(f"kind must be one of {REFERENCE_FREE}, got {kind!r}")
@@ -168,7 +170,7 @@ def evaluate_reward_model(score_fn: Callable[[list[str], list[str]], torch.Tenso
 
 def sample_pairs(records: Sequence[Mapping], n: int, seed: int = 0) -> list[dict]:
     """A seeded sample of ``n`` pairs (all of them, shuffled, if there are fewer), as new dicts: the held-out subset
-    that notebook 09 and ``scripts/dpo_beta_sweep.py`` both score, so their numbers can be compared."""
+    that notebook 09, the asset stage ``dpo`` and ``scripts/dpo_beta_sweep.py`` all score, so their numbers compare."""
     return [dict(r) for r in random.Random(seed).sample(list(records), min(n, len(records)))]
 
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import model_device, seed_everything
-from .data import validate_record
+from .data import validate_record, validate_records
 from .logprobs import forward_token_logprobs, tokenize_completions
 from .models import format_prompt
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
@@ -129,8 +129,7 @@ def train_sft(model, tokenizer, train_examples: Sequence[Mapping], *, steps: int
     steps and after the last one.
     """
     check_steps(steps, eval_every)
-    if not train_examples:
-        raise ValueError("train_examples is empty")
+    validate_records(train_examples, "sft", "train_examples", tokenizer, model.config.n_positions)
     gen = seed_everything(seed)
     device = model_device(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -28,11 +28,20 @@ from pathlib import Path
 
 import torch
 
-from .config import DATA_DIR, get_device, same_device
+from .config import data_path, get_device, same_device
 from .data import CORPUS_FILE, read_jsonl
 from .judge import load_gold_judge
-from .logprobs import sequence_logprobs, tokenize_completions
-from .models import decode_completions, eos_rate, evaluating, format_prompt, generate, load_model, load_tokenizer
+from .logprobs import require_finite, sequence_logprobs, tokenize_completions
+from .models import (
+    check_finite_parameters,
+    decode_completions,
+    eos_rate,
+    evaluating,
+    format_prompt,
+    generate,
+    load_model,
+    load_tokenizer,
+)
 from .reward_model import load_reward_model, score_texts
 from .sft import REVIEW_INSTRUCTIONS
 
@@ -70,10 +79,11 @@ def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None
     return prompts[:n]
 
 
-def load_world(assets: str | Path = DATA_DIR, n_prompts: int = N_EVAL_PROMPTS, device: str | torch.device | None = None,
+def load_world(assets: str | Path | None = None, n_prompts: int = N_EVAL_PROMPTS, device: str | torch.device | None = None,
                reward_model: bool = True) -> World:
-    """Load the world from an assets folder (``data/``, or one built by ``python -m pref_lab.assets``) onto ``device``."""
-    assets = Path(assets)
+    """Load the world from an assets folder (default ``data/``, or one built by ``python -m pref_lab.assets``) onto
+    ``device``, with the first ``n_prompts`` held-out prompts."""
+    assets = Path(assets) if assets is not None else data_path()
     device = get_device(device)
     tokenizer = load_tokenizer(assets / "tokenizer")
     return World(tokenizer=tokenizer, sft=load_model(assets / "models" / "sft", device),
@@ -115,6 +125,7 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
     """
     reference = world.sft if reference is None else reference
     device = same_device(policy=policy, reference=reference)
+    check_finite_parameters(policy, "evaluate_policy")  # a NaN model would crash inside the sampler
     tokenizer, prompts = world.tokenizer, world.eval_prompts
     with evaluating(policy, reference):
         ids = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=1.0,
@@ -122,10 +133,11 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
         kl = []
         for start in range(0, len(prompts), EVAL_BATCH_SIZE):
             batch = tokenize_completions(tokenizer, prompts[start:start + EVAL_BATCH_SIZE],
-                                         ids[start:start + EVAL_BATCH_SIZE], max_length=policy.config.n_positions)
+                                         ids[start:start + EVAL_BATCH_SIZE], max_length=policy.config.n_positions,
+                                         first_row=start)
             batch = {k: v.to(device) for k, v in batch.items()}
             kl.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
-    kl_mean, kl_sem = mean_sem(torch.cat(kl))
+    kl_mean, kl_sem = mean_sem(require_finite(torch.cat(kl), "evaluate_policy: sequence KL of the samples"))
     scores = score_samples(world, ids)
     rm = score_texts(world.reward_model, tokenizer, prompts, ids).mean().item() if world.reward_model is not None else math.nan
     return {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,

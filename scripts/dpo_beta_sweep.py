@@ -12,8 +12,8 @@ accuracy on the seeded sample of held-out pairs that notebook 09 scores (``pref_
 
 Writes ``data/results/dpo_beta_sweep.json`` (read by notebook 08), rewritten after every run: the recipe, and per run
 its curve of evaluation points, its whole training history (one row per step, :mod:`pref_lab.training`) and its
-held-out accuracy. The checkpoint itself is the asset stage ``dpo`` (``python -m pref_lab.assets --stages dpo``);
-the run at its beta here trains the same weights. Re-run both after every ``make assets``.
+held-out accuracy. The checkpoint itself is the asset stage ``dpo`` (``python -m pref_lab.assets --stages dpo``), with
+the same recipe and seed as the run at its beta here. Re-run both after every ``make assets``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import socket
 import pytest
 import torch
 
+from pref_lab import config
 from pref_lab.config import REPO_ROOT
 from pref_lab.data import load_corpus
 
@@ -33,6 +34,17 @@ def _guarded_connect(sock, address):
 def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shipped: the test reads the shipped data/ (manifest, checkpoints, results files)")
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_do_not_read_shipped_data(request, monkeypatch, tmp_path_factory):
+    """Unit tests build what they need: for a test not marked ``shipped``, ``data_path()`` points at an empty folder."""
+    if request.node.get_closest_marker("shipped") is None:
+        monkeypatch.setattr(config, "DATA_DIR", tmp_path_factory.getbasetemp() / "no-shipped-data")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import pytest
 from conftest import write_raw_corpus
 
 from pref_lab import assets
@@ -11,6 +12,7 @@ from pref_lab.models import format_prompt, load_tokenizer
 from pref_lab.sft import REVIEW_INSTRUCTIONS
 
 
+@pytest.mark.shipped  # its raw corpus is made from the shipped one (conftest.write_raw_corpus)
 def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     raw = tmp_path / "raw.csv.bz2"
     write_raw_corpus(raw)

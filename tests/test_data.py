@@ -5,6 +5,7 @@ import pytest
 from pref_lab import data as D
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_split_is_by_movie_with_no_leakage():
     corpus = D.load_corpus()
     movies = {s: set(corpus.filter(lambda r, s=s: r["split"] == s)["movie_id"]) for s in D.SPLITS}
@@ -21,6 +22,7 @@ def test_split_is_deterministic_and_seeded():
     assert D.split_movies(ids, seed=0) != D.split_movies(ids, seed=1)
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_corpus_counts():
     corpus = D.load_corpus()
     kinds = corpus["kind"]
@@ -28,6 +30,7 @@ def test_shipped_corpus_counts():
     D.validate_records(corpus, "corpus", "corpus.jsonl")
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_load_corpus_filters():
     test_reviews = D.load_corpus(split="test", kind="review")
     assert set(test_reviews["split"]) == {"test"} and set(test_reviews["kind"]) == {"review"}
@@ -67,6 +70,7 @@ def test_validators_for_corpus_and_sft_records():
         D.validate_record({}, "tweets")
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_load_preferences_reports_bad_file(tmp_path):
     path = tmp_path / "bad.jsonl"
     D.write_jsonl([GOOD_PAIR, {**GOOD_PAIR, "rejected": GOOD_PAIR["chosen"]}], path)

@@ -1,4 +1,4 @@
-"""The shipped DPO checkpoint (``data/models/dpo``, written by ``scripts/dpo_beta_sweep.py``): within budget, stored in
+"""The shipped DPO checkpoint (``data/models/dpo``, written by the asset stage ``dpo``): within budget, stored in
 fp16 and loaded as fp32, and its implicit reward reproduces the numbers the manifest records (which notebook 09 checks
 its own outputs against). Also the sweep results notebook 08 reads."""
 
@@ -14,11 +14,11 @@ from pref_lab.config import data_path
 from pref_lab.dpo import implicit_rewards
 from pref_lab.models import load_model, load_tokenizer
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.shipped]  # one_thread: see tests/conftest.py
 
 MANIFEST = json.loads(data_path("manifest.json").read_text())
 DPO = MANIFEST["assets"].get("dpo")
-REBUILD = "run `python scripts/dpo_beta_sweep.py` (after every `make assets`)"
+REBUILD = "run `python -m pref_lab.assets --stages dpo` and `python scripts/dpo_beta_sweep.py` (after every `make assets`)"
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,18 @@ def test_recorded_metrics_are_consistent():
 def test_beta_sweep_results_are_complete():
     sweep = json.loads(data_path("results", "dpo_beta_sweep.json").read_text())
     betas = sorted(r["beta"] for r in sweep["runs"])
-    assert sweep["schema"] == "pref_lab.dpo_beta_sweep/1" and len(betas) >= 3, REBUILD
+    assert sweep["schema"] == "pref_lab.dpo_beta_sweep/2" and len(betas) >= 3, REBUILD
     assert DPO["metrics"]["beta"] in betas
+    for key in ("steps", "batch_size", "lr", "eval_prompts", "heldout_sample"):  # the checkpoint's recipe
+        assert sweep["recipe"][key] == DPO["recipe"][key], key
+    assert sweep["recipe"]["seed"] == DPO["seed"]
     sft_points = {json.dumps(r["curve"][0], sort_keys=True) for r in sweep["runs"]}
     assert len(sft_points) == 1  # every run starts from the same SFT point (common random numbers)
     for run in sweep["runs"]:
         assert run["final"] == run["curve"][-1] and run["final"]["step"] == sweep["recipe"]["steps"]
+        assert [row["step"] for row in run["history"]] == list(range(1, sweep["recipe"]["steps"] + 1))  # one row a step
+    # the run at the checkpoint's beta has the checkpoint's recipe and seed: its fp32 policy ranks notebook 09's sample
+    # alike (to the last flipped pair: the weights agree to float rounding, which depends on thread count and memory)
+    same = next(r for r in sweep["runs"] if r["beta"] == DPO["metrics"]["beta"])
+    assert same["heldout"]["rewards/accuracies"] == pytest.approx(DPO["metrics"]["heldout256_implicit_accuracy_fp32"],
+                                                                  abs=1.01 / DPO["recipe"]["heldout_sample"])

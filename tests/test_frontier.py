@@ -189,6 +189,7 @@ def shipped():
     return json.loads(SHIPPED.read_text())
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_full_results_follow_the_schema_and_the_budget(shipped):
     check_results(shipped)
     assert shipped["complete"] and shipped["config_name"] == "full"
@@ -198,6 +199,7 @@ def test_shipped_full_results_follow_the_schema_and_the_budget(shipped):
     assert counts["ppo"] >= 4 and counts["dpo"] >= 4 and counts["online_dpo"] >= 2 and counts["best_of_n"] >= 3
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_notebook_11_shows_the_numbers_of_the_shipped_file(shipped):
     """The notebook prints every run's last point; its stored output must be exactly the shipped file's numbers."""
     notebook = json.loads(NOTEBOOK_11.read_text())

@@ -16,6 +16,7 @@ def gold():
     return load_gold_judge()
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_gold_judge_accuracy_on_test_movies(gold):
     test = load_corpus(split="test", kind="review")
     accuracy = gold.accuracy(test["text"], test["label"])
@@ -26,6 +27,7 @@ def test_gold_judge_accuracy_on_test_movies(gold):
     assert accuracy == pytest.approx(recorded["test_accuracy"], abs=1e-4)
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_gold_judge_is_monotonic_on_clear_cases(gold):
     clear = [
         ("A brilliant, moving masterpiece.", "A dull, boring mess."),
@@ -39,6 +41,7 @@ def test_gold_judge_is_monotonic_on_clear_cases(gold):
     assert gold.gold_reward(["The film is long and brilliant."]) > base > gold.gold_reward(["The film is long and dull."])
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_gold_judge_speed(gold):
     # scoring is a pure-Python loop of dictionary look-ups: it runs on one core whatever torch's threads
     texts = load_corpus(split="test", kind="review")["text"][:1000]
@@ -47,6 +50,7 @@ def test_gold_judge_speed(gold):
     assert len(texts) / (time.perf_counter() - start) >= 1000
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_logit_is_bias_plus_sum_of_present_weights(gold):
     text = "not good, not good at all"
     feats = [f for f in text_features(text) if f in gold.index]
@@ -55,6 +59,7 @@ def test_logit_is_bias_plus_sum_of_present_weights(gold):
     assert "not good" in text_features(text)  # bigrams let the judge see simple negation
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_task_judge_tells_reviews_from_plots():
     task = load_task_judge()
     recorded = json.loads(config.data_path("manifest.json").read_text())["assets"]["judge_task"]["metrics"]

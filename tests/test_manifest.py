@@ -7,6 +7,8 @@ import pytest
 
 from pref_lab import config
 
+pytestmark = pytest.mark.shipped  # every test here checks the shipped data/
+
 MANIFEST = json.loads(config.data_path("manifest.json").read_text())
 FILES = [(name, path, entry) for name, asset in MANIFEST["assets"].items() for path, entry in asset["files"].items()]
 

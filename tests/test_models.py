@@ -14,6 +14,7 @@ def tokenizer():
     return load_tokenizer()
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_tokenizer_round_trip_and_special_ids(tokenizer):
     text = "A gorgeous, heartfelt film -- and Nicholson's best work in years!"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -24,6 +25,7 @@ def test_tokenizer_round_trip_and_special_ids(tokenizer):
     assert 1000 < len(tokenizer) <= 8192
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_chat_template(tokenizer):
     prompt = format_prompt(tokenizer, "Write a review of Up.")
     assert prompt == "<|user|>Write a review of Up.<|assistant|>"
@@ -34,6 +36,7 @@ def test_chat_template(tokenizer):
     assert len(tokenizer("<|assistant|>", add_special_tokens=False)["input_ids"]) == 1
 
 
+@pytest.mark.shipped  # reads the shipped data/
 @pytest.mark.parametrize("name", ["base", "sft"])
 def test_shipped_model_shapes_and_deterministic_logits(tokenizer, name):
     model = load_model(name, device="cpu")
@@ -48,11 +51,13 @@ def test_shipped_model_shapes_and_deterministic_logits(tokenizer, name):
     assert first.sum().item() == pytest.approx(recorded, rel=1e-4, abs=1e-2)
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_load_model_unknown_name():
-    with pytest.raises(FileNotFoundError, match="no model 'nope'"):
+    with pytest.raises(FileNotFoundError, match="no model folder 'nope'"):
         load_model("nope")
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_generate_is_seeded_and_stops_at_eos(tokenizer):
     model = load_model("sft", device="cpu")
     prompts = [format_prompt(tokenizer, "Write a review of Up.")] * 4
@@ -83,6 +88,7 @@ def test_device_seed_and_preset(monkeypatch):
         config.get_preset()
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_data_path_is_independent_of_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert config.data_path("tokenizer").exists()

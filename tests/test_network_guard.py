@@ -12,6 +12,7 @@ def test_socket_guard_blocks_outside_addresses():
         s.close()
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_loading_shipped_assets_needs_no_network():
     # Runs under the guard: any hub lookup would raise instead of silently downloading.
     from pref_lab.models import load_model, load_tokenizer

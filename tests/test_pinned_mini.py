@@ -76,6 +76,7 @@ def mini_numbers(folder: Path) -> dict:
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.shipped  # its raw corpus is made from the shipped one (conftest.write_raw_corpus)
 def test_mini_pipeline_and_tiny_frontier_give_the_pinned_numbers(tmp_path):
     pinned = json.loads(PIN.read_text())
     now = mini_numbers(tmp_path)

@@ -173,7 +173,7 @@ def test_evaluate_pairs_returns_rewards_in_input_order(tokenizer, pairs):
             torch.testing.assert_close(result["rejected"][i], r_r, atol=1e-5, rtol=1e-5)
     assert result["accuracy"] == pytest.approx((result["chosen"] > result["rejected"]).float().mean().item())
     assert result["loss"] == pytest.approx(pairwise_loss(result["chosen"], result["rejected"]).item())
-    with pytest.raises(ValueError, match="pairs is empty"):
+    with pytest.raises(ValueError, match="pairs: no records"):
         evaluate_pairs(rm, tokenizer, [])
 
 
@@ -249,7 +249,7 @@ def test_group_rewards_equal_scoring_each_pair(word_tokenizer):
 
 def test_training_rejects_bad_input(word_tokenizer, tmp_path):
     rm = tiny_rm(word_tokenizer)
-    with pytest.raises(ValueError, match="train_pairs is empty"):
+    with pytest.raises(ValueError, match="train_pairs: no records"):
         train_reward_model(rm, word_tokenizer, [], steps=1, progress=False)
     with pytest.raises(ValueError, match="steps"):
         train_reward_model(rm, word_tokenizer, toy_pairs(4, 0), steps=0, progress=False)
@@ -263,6 +263,7 @@ def shipped_rm_metrics() -> dict:
     return manifest["assets"]["rm"]["metrics"]
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_rm_beats_chance_and_agrees_with_gold_order():
     m = shipped_rm_metrics()
     assert m["test_accuracy"] > 0.6 and m["agreement_with_gold_order"] > 0.6, m
@@ -271,11 +272,13 @@ def test_shipped_rm_beats_chance_and_agrees_with_gold_order():
 @pytest.mark.xfail(strict=True, reason="known gap (issue 4): the shipped RM reaches 0.758 held-out accuracy against a "
                    "Bayes ceiling of 0.837 (the bar is 0.787), and more pairs of this kind flatten out "
                    "(scripts/rm_data_scaling.py); strict: passing means the gap closed, so drop this mark")
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_rm_is_within_5_points_of_the_bayes_ceiling():
     m = shipped_rm_metrics()
     assert m["test_accuracy"] >= m["test_bayes_ceiling"] - 0.05, m
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_rm_reproduces_its_recorded_accuracy():
     m = shipped_rm_metrics()
     test = read_jsonl(config.data_path("preferences", "test.jsonl"))

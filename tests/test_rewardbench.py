@@ -118,6 +118,7 @@ def tokenizer():
     return load_tokenizer()
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_benchmark_validates_and_has_sections_of_subsets(benchmark):
     assert validate_records(benchmark, "preference", "rewardbench") == len(benchmark)
     counts = Counter(r["subset"] for r in benchmark)
@@ -128,6 +129,7 @@ def test_benchmark_validates_and_has_sections_of_subsets(benchmark):
     assert len({(r["prompt"], r["chosen"], r["rejected"]) for r in benchmark}) == len(benchmark)  # no duplicate pair
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_benchmark_uses_held_out_movies_and_fits_the_context(benchmark, tokenizer):
     test_movies = {r["movie_id"] for r in read_jsonl(data_path(CORPUS_FILE)) if r["split"] == "test"}
     assert {r["movie_id"] for r in benchmark} <= test_movies
@@ -141,6 +143,7 @@ def instruction(prompt: str) -> str:
     return prompt.removeprefix("<|user|>").removesuffix("<|assistant|>")
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_benchmark_answers_are_known_by_construction(benchmark, tokenizer):
     corpus = read_jsonl(data_path(CORPUS_FILE))
     label = {r["text"]: r["label"] for r in corpus if r["kind"] == "review"}
@@ -179,6 +182,7 @@ def test_benchmark_answers_are_known_by_construction(benchmark, tokenizer):
             assert bag(chosen) == bag(rejected) and chosen != rejected, r["id"]
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_length_alone_scores_half_of_the_length_trap(benchmark):
     trap = [r for r in benchmark if r["subset"] == "length-trap"]
     for scorer in (len, lambda text: -len(text)):  # prefer long answers, or short ones
@@ -187,6 +191,7 @@ def test_length_alone_scores_half_of_the_length_trap(benchmark):
         assert result["subsets"]["length-trap"]["accuracy"] == 0.5
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_benchmark_rebuilds_identically(benchmark, tokenizer):
     """The shipped file is exactly what the builder makes from the shipped corpus (so a rebuild is reproducible)."""
     rebuilt = E.build_rewardbench(read_jsonl(data_path(CORPUS_FILE)), tokenizer, lambda i: format_prompt(tokenizer, i),
@@ -198,6 +203,7 @@ def test_benchmark_rebuilds_identically(benchmark, tokenizer):
     assert other_seed != benchmark
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_builder_rejects_unknown_subsets(tokenizer):
     with pytest.raises(ValueError, match="unknown subsets"):
         E.build_rewardbench([], tokenizer, str, sizes={"safety": 3})

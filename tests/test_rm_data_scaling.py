@@ -14,6 +14,7 @@ def make_pairs(n_prompts: int, per_prompt: int = 3) -> list[dict]:
     return [{"prompt": f"p{i}", "chosen": f"c{i}-{j}", "rejected": f"r{i}"} for i in range(n_prompts) for j in range(per_prompt)]
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_subsets_keep_whole_prompts_are_nested_and_keep_order(load_script):
     scaling = load_script("rm_data_scaling")
     pairs = make_pairs(40)
@@ -47,6 +48,7 @@ def test_counts_of_distinct_texts_and_prompts(load_script):
     assert scaling.count_prompts(pairs) == 2
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_results_match_the_shipped_world():
     results = json.loads(data_path("results", "rm_data_scaling.json").read_text())
     manifest = json.loads(data_path("manifest.json").read_text())["assets"]["rm"]
@@ -62,6 +64,7 @@ def test_shipped_results_match_the_shipped_world():
         assert smaller["steps"] <= larger["steps"]
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_every_run_makes_the_shipped_rms_passes_over_its_prompts():
     results = json.loads(data_path("results", "rm_data_scaling.json").read_text())
     val_movie_prompts = len({p["prompt"] for p in read_jsonl(data_path("preferences", "train.jsonl"))})

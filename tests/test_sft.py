@@ -40,6 +40,7 @@ def test_prompt_and_padding_do_not_move_the_loss(word_tokenizer, bigram_lm):
     assert a.item() == pytest.approx(b.item(), abs=1e-6)
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_builder_formats_and_rejects_bad_rows(word_tokenizer):
     from pref_lab.models import load_tokenizer
 
@@ -88,6 +89,7 @@ def shipped_sft_metrics() -> dict:
     return json.loads(config.data_path("manifest.json").read_text())["assets"]["sft"]["metrics"]
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_sft_model_ends_its_answers_and_beats_base():
     metrics = shipped_sft_metrics()
     assert metrics["sft_eos_rate"] >= 0.90
@@ -95,5 +97,6 @@ def test_shipped_sft_model_ends_its_answers_and_beats_base():
     assert metrics["sft_following_rate"] > metrics["base_following_rate"] + 0.2
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_shipped_sft_model_follows_85_percent_of_instructions():
     assert shipped_sft_metrics()["sft_following_rate"] >= 0.85

@@ -54,6 +54,7 @@ def pairs_file(tmp_path_factory, model_dir) -> Path:
     return path
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_two_dpo_steps_on_cpu_write_a_safetensors_checkpoint(model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
@@ -129,6 +130,7 @@ def test_script_refuses_bad_input(tmp_path, load_script):
         script.load_jsonl(str(tmp_path / "absent.jsonl"))
 
 
+@pytest.mark.shipped  # reads the shipped data/
 def test_course_rows_become_chat_messages_for_other_tokenizers(model_dir, word_tokenizer, load_script):
     from datasets import Dataset
 
