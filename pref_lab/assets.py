@@ -379,7 +379,7 @@ def stage_dpo(out: Path, recipe: dict, progress: bool) -> None:
     """
     start = time.time()
     r, seed = recipe["dpo"], recipe["seed"]
-    world = load_world(out, n_prompts=r["eval_prompts"])
+    world = load_world(out, n_prompts=r["eval_prompts"], device="cpu")  # on CPU like every stage: the same weights anywhere
     train, test = D.read_jsonl(out / "preferences" / "train.jsonl"), D.read_jsonl(out / "preferences" / "test.jsonl")
     policy = copy.deepcopy(world.sft)
     train_dpo(policy, world.sft, world.tokenizer, train, beta=r["beta"], steps=r["steps"], batch_size=r["batch_size"],

@@ -52,8 +52,8 @@ def validate_record(record: Mapping, kind: str, source: str = "<records>", row: 
     """Raise ``ValueError("<source>, row <row>: <problem>")`` if ``record`` is not a valid ``kind``.
 
     Checks: every required column present, a string, not empty or blank, at most ``MAX_CHARS[kind]``
-    characters; for SFT and preference records, that no column holds a special token as text (``<|endoftext|>``
-    in a completion would become a real EOS id) and, with ``chat_format``, that the prompt is one chat turn
+    characters; for SFT and preference records, that no completion column holds a special token as text
+    (``<|endoftext|>`` in a completion would become a real EOS id) and, with ``chat_format``, that the prompt is one chat turn
     (``<|user|>...<|assistant|>``, as :func:`pref_lab.models.format_prompt` writes it); for preference pairs
     also ``chosen != rejected``. Token lengths need a tokenizer: :func:`validate_records` checks them.
     """
@@ -99,12 +99,16 @@ def check_token_lengths(tokenizer, prompts: list[str], completions: list[str], m
     """``ValueError("<source>, row <i>: ...")`` for the first (prompt, completion + EOS) longer than ``max_length``
     tokens (the model's context; ``rows[j]`` is the caller's row of pair j). Characters are no guide: about 500 of
     them already fill a 128-token context."""
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
-    for j, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        if len(p) + len(c) + 1 > max_length:
+    def lengths(texts: list[str]) -> dict[str, int]:  # each distinct text tokenized once (prompts repeat a lot)
+        distinct = list(dict.fromkeys(texts))
+        return dict(zip(distinct, map(len, tokenizer(distinct, add_special_tokens=False)["input_ids"])))
+
+    prompt_tokens, completion_tokens = lengths(prompts), lengths(completions)
+    for j, (prompt, completion) in enumerate(zip(prompts, completions)):
+        n_tokens = prompt_tokens[prompt] + completion_tokens[completion] + 1
+        if n_tokens > max_length:
             row = rows[j] if rows is not None else j
-            raise ValueError(f"{source}, row {row}: prompt + completion + EOS is {len(p) + len(c) + 1} tokens, more than "
+            raise ValueError(f"{source}, row {row}: prompt + completion + EOS is {n_tokens} tokens, more than "
                              f"the model's context of {max_length}: shorten the text (it is never truncated silently)")
 
 
@@ -118,6 +122,8 @@ def validate_records(records: Iterable[Mapping], kind: str, source: str = "<reco
     """
     if isinstance(records, str):
         raise ValueError(f"{source}: expected records (a list of dicts or a datasets.Dataset), got a string")
+    if isinstance(records, Dataset):
+        records = records.to_list()  # one columnar read, not a Python dict per row access
     chat = uses_chat_format(tokenizer) if tokenizer is not None else True
     count = 0
     for row, record in enumerate(records):

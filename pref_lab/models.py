@@ -107,20 +107,23 @@ def model_path(name: str) -> Path:
     return data_path("models", name)
 
 
-def load_checkpoint(model_class, folder: Path, asset: str | None = None):
+def load_checkpoint(model_class, folder: Path):
     """``model_class.from_pretrained(folder)`` (safetensors only) with the checks a loader owes its user: a missing
-    or unreadable file is named; a shipped asset's weights must match the sha256 ``data/manifest.json`` records for
-    them; and every weight must be finite (overwritten bytes can load silently as NaN)."""
+    or unreadable file is named; the weights of a world's model (``<world>/models/<name>``, the shipped ``data/`` or
+    one built by ``pref_lab.assets``) must match the sha256 its ``<world>/manifest.json`` records; and every weight
+    must be finite (overwritten bytes can load silently as NaN)."""
+    folder = Path(folder)
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing: not a model folder, or an interrupted copy (`make assets` "
                                 "rebuilds the shipped ones)")
-    manifest = data_path("manifest.json")
-    if asset is not None and manifest.is_file():
-        entry = json.loads(manifest.read_text())["assets"].get(asset, {}).get("files", {}).get(
-            f"models/{asset}/model.safetensors")
-        if entry is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != entry["sha256"]:
-            raise ValueError(f"{weights} does not match the sha256 that data/manifest.json records for it: the file is "
+    manifest = folder.parent.parent / "manifest.json"
+    if folder.parent.name == "models" and manifest.is_file():
+        recorded = f"models/{folder.name}/model.safetensors"
+        entries = [a["files"][recorded] for a in json.loads(manifest.read_text())["assets"].values()
+                   if recorded in a.get("files", {})]
+        if entries and hashlib.sha256(weights.read_bytes()).hexdigest() != entries[0]["sha256"]:
+            raise ValueError(f"{weights} does not match the sha256 that {manifest} records for it: the file is "
                              "damaged or was replaced; restore it (git checkout data/) or rebuild it (`make assets`)")
     try:
         model = model_class.from_pretrained(str(folder), use_safetensors=True)
@@ -137,16 +140,16 @@ def load_model(name_or_path: str | Path = "base", device: str | torch.device | N
     """A shipped model by name (``"base"``, ``"sft"``, ``"dpo"``: always ``data/models/<name>``, whatever folders
     the working directory holds), or a model folder given as a path; on ``device``, in eval mode.
 
-    Shipped weights are checked against the manifest's sha256 and every weight must be finite (:func:`load_checkpoint`).
+    A world's weights are checked against its manifest's sha256 and every weight must be finite (:func:`load_checkpoint`).
     """
     if isinstance(name_or_path, str) and name_or_path in MODEL_NAMES:
-        path, asset = model_path(name_or_path), name_or_path
+        path = model_path(name_or_path)
     else:
-        path, asset = Path(name_or_path), None
+        path = Path(name_or_path)
         if not path.is_dir():
             raise FileNotFoundError(f"no model folder {str(path)!r}: give a folder, or one of the shipped names "
                                     f"{MODEL_NAMES} (in {data_path('models')}; `make assets` rebuilds them)")
-    return load_checkpoint(GPT2LMHeadModel, path, asset).to(get_device(device)).eval()
+    return load_checkpoint(GPT2LMHeadModel, path).to(get_device(device)).eval()
 
 
 def save_model(model: PreTrainedModel, path: str | Path, tokenizer: PreTrainedTokenizerFast | None = None) -> None:
@@ -209,10 +212,10 @@ def generate(
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"prompt {row} must be a non-empty string, got {prompt!r:.60}: the model needs at least "
                              "one token to condition on (e.g. tokenizer.eos_token, or a chat prompt)")
-    if context is not None:
+    if prompts:
         lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-        longest = max(range(len(lengths)), key=lengths.__getitem__, default=None)
-        if longest is not None and lengths[longest] + max_new_tokens > context:
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] + max_new_tokens > context:
             raise ValueError(f"prompt {longest} is {lengths[longest]} tokens; with max_new_tokens={max_new_tokens} it "
                              f"exceeds the model's context of {context} tokens: shorten it or lower max_new_tokens")
     device = model_device(model)

@@ -40,7 +40,7 @@ from .config import model_device, same_device, seed_everything
 from .dpo import dpo_step
 from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
-from .models import check_finite_parameters, decode_completions, disable_dropout, eos_rate, evaluating, generate
+from .models import check_finite_parameters, context_length, decode_completions, disable_dropout, eos_rate, evaluating, generate
 from .reward_model import score_texts
 from .training import Callback, EvalFn, check_steps, log_step
 
@@ -50,8 +50,13 @@ Judge = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 # ----------------------------------------------------------------------------- judges
 def reward_model_judge(reward_model, tokenizer, batch_size: int = 64) -> Judge:
-    """The shipped Bradley–Terry reward model as a judge: its scalar score of each (prompt, completion)."""
-    return lambda prompts, completions: score_texts(reward_model, tokenizer, list(prompts), list(completions), batch_size)
+    """The shipped Bradley–Terry reward model as a judge: its scalar score of each (prompt, completion).
+
+    A sample that was EOS and nothing else decodes to ``""``; the reward model scores it as what was sampled, the
+    EOS token alone (an empty *text* is refused by :func:`pref_lab.logprobs.tokenize_completions`)."""
+    eos = torch.tensor([tokenizer.eos_token_id])
+    return lambda prompts, completions: score_texts(reward_model, tokenizer, list(prompts),
+                                                    [c if c else eos for c in completions], batch_size)
 
 
 def gold_judge(gold) -> Judge:
@@ -185,7 +190,7 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge
     if not trainable:
         raise ValueError("the policy has no parameter with requires_grad=True")
     optimizer = torch.optim.AdamW(trainable, lr=config.lr)
-    max_length = getattr(policy.config, "n_positions", 1024)
+    max_length = context_length(policy)
     k, n_steps, n_samples, n_pairs_seen, history = config.completions_per_prompt, 0, 0, 0, []
     bar = tqdm(range(1, config.rounds + 1), desc="online DPO", disable=not progress)
     for round_index in bar:
@@ -255,7 +260,7 @@ def mean_logprob(model, tokenizer, prompts: Sequence[str], completions: Sequence
     if len(prompts) != len(completions) or len(prompts) == 0:
         raise ValueError(f"need as many completions as prompts (and at least one), got {len(prompts)} and {len(completions)}")
     device = model_device(model)
-    max_length = getattr(getattr(model, "config", None), "n_positions", 1024)
+    max_length = context_length(model)
     total = 0.0
     with evaluating(model):
         for start in range(0, len(prompts), batch_size):

@@ -36,7 +36,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Mod
 
 from .config import model_device, same_device, seed_everything
 from .logprobs import position_ids_from_mask, token_logprobs, tokenize_completions
-from .models import check_finite_parameters, decode_completions, ends_with_eos, generate
+from .models import check_finite_parameters, context_length, decode_completions, ends_with_eos, generate
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -174,7 +174,7 @@ def rollout(policy, tokenizer, prompts: Sequence[str], max_new_tokens: int, temp
     """
     completion_ids = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                               batch_size=len(prompts), seed=seed, progress=False, return_ids=True)
-    batch = tokenize_completions(tokenizer, prompts, completion_ids, max_length=policy.config.n_positions)
+    batch = tokenize_completions(tokenizer, prompts, completion_ids, max_length=context_length(policy))
     batch["completion_ids"] = completion_ids
     batch["has_eos"] = ends_with_eos(completion_ids, tokenizer.eos_token_id)
     return batch

@@ -22,7 +22,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 from .config import data_path, get_device, model_device, seed_everything
 from .data import validate_records
 from .logprobs import position_ids_from_mask, require_finite, tokenize_completions
-from .models import disable_dropout, evaluating, load_checkpoint
+from .models import context_length, disable_dropout, evaluating, load_checkpoint
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -42,12 +42,12 @@ def init_reward_model(sft_path: str | Path, seed: int = 0) -> GPT2ForSequenceCla
 
 
 def load_reward_model(path: str | Path | None = None, device=None) -> GPT2ForSequenceClassification:
-    """The shipped reward model (``data/models/rm``, its weights checked against the manifest), or the one in the
-    folder ``path``; on ``device``, in eval mode. Every weight must be finite (:func:`pref_lab.models.load_checkpoint`)."""
+    """The shipped reward model (``data/models/rm``), or the one in the folder ``path``; on ``device``, in eval mode.
+    Its weights are checked against its world's manifest and must be finite (:func:`pref_lab.models.load_checkpoint`)."""
     folder = Path(path) if path else data_path("models", "rm")
     if not folder.is_dir():
         raise FileNotFoundError(f"no reward-model folder {str(folder)!r} (`make assets` rebuilds the shipped one)")
-    model = load_checkpoint(GPT2ForSequenceClassification, folder, asset=None if path else "rm")
+    model = load_checkpoint(GPT2ForSequenceClassification, folder)
     return model.to(get_device(device)).eval()
 
 
@@ -80,7 +80,7 @@ def score_texts(reward_model, tokenizer, prompts: Sequence[str], completions: Se
     with evaluating(reward_model):
         for start in range(0, len(prompts), batch_size):
             batch = tokenize_completions(tokenizer, prompts[start:start + batch_size], completions[start:start + batch_size],
-                                         max_length=reward_model.config.n_positions, first_row=start)
+                                         max_length=context_length(reward_model), first_row=start)
             out.append(reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu())
     return require_finite(torch.cat(out), "reward-model scores")
 
@@ -97,7 +97,7 @@ def _pair_rewards(reward_model, tokenizer, pairs: Sequence[Mapping], device) -> 
     """Score chosen and rejected of each pair in one forward pass: returns (r_chosen, r_rejected)."""
     prompts = [p["prompt"] for p in pairs] * 2
     completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    batch = tokenize_completions(tokenizer, prompts, completions)
+    batch = tokenize_completions(tokenizer, prompts, completions, max_length=context_length(reward_model))
     rewards = reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
     return rewards[: len(pairs)], rewards[len(pairs):]
 
@@ -106,7 +106,7 @@ def _pair_rewards(reward_model, tokenizer, pairs: Sequence[Mapping], device) -> 
 def evaluate_pairs(reward_model, tokenizer, pairs: Sequence[Mapping], batch_size: int = 64) -> dict:
     """Accuracy (strict r_c > r_r, ties count as wrong), mean Bradley–Terry loss (no centering) and the
     rewards themselves, ``chosen`` and ``rejected``, each (N,) in the order of ``pairs``."""
-    validate_records(pairs, "preference", "pairs", tokenizer, reward_model.config.n_positions)
+    validate_records(pairs, "preference", "pairs", tokenizer, context_length(reward_model))
     reward_model.eval()
     device = model_device(reward_model)
     # Score pairs shortest first so each batch pads little (~25% less compute); results return in input order.
@@ -153,7 +153,7 @@ def _group_rewards(reward_model, tokenizer, groups: Sequence[Mapping], device) -
     for all their pairs: each (P,), P = total number of pairs."""
     prompts = [g["prompt"] for g in groups for _ in g["completions"]]
     completions = [y for g in groups for y in g["completions"]]
-    batch = tokenize_completions(tokenizer, prompts, completions)
+    batch = tokenize_completions(tokenizer, prompts, completions, max_length=context_length(reward_model))
     rewards = reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
     chosen, rejected, offset = [], [], 0
     for g in groups:
@@ -181,7 +181,7 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
     own, noisy, training labels), with ``eval_fn(reward_model)`` (e.g. :func:`evaluate_pairs` on held-out pairs)
     under ``"eval"`` every ``eval_every`` steps and after the last one.
     """
-    validate_records(train_pairs, "preference", "train_pairs", tokenizer, reward_model.config.n_positions)
+    validate_records(train_pairs, "preference", "train_pairs", tokenizer, context_length(reward_model))
     if prompts_per_step < 1:
         raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
     check_steps(steps, eval_every)

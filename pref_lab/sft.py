@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from .config import model_device, seed_everything
 from .data import validate_record, validate_records
-from .logprobs import forward_token_logprobs, tokenize_completions
-from .models import format_prompt
+from .logprobs import forward_token_logprobs, require_finite, tokenize_completions
+from .models import context_length, format_prompt
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 # A few paraphrases per task, so the model learns the *instruction*, not one fixed string.
@@ -99,8 +99,11 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return -(logp * mask).sum() / mask.sum()
 
 
-def collate(tokenizer, examples: Sequence[Mapping], device) -> dict[str, torch.Tensor]:
-    batch = tokenize_completions(tokenizer, [e["prompt"] for e in examples], [e["response"] for e in examples])
+def collate(tokenizer, examples: Sequence[Mapping], device, max_length: int = 128, first_row: int = 0
+            ) -> dict[str, torch.Tensor]:
+    """One padded batch of SFT examples on ``device`` (:func:`pref_lab.logprobs.tokenize_completions`)."""
+    batch = tokenize_completions(tokenizer, [e["prompt"] for e in examples], [e["response"] for e in examples],
+                                 max_length=max_length, first_row=first_row)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -111,9 +114,9 @@ def evaluate_sft_loss(model, tokenizer, examples: Sequence[Mapping], batch_size:
     device = model_device(model)
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(tokenizer, examples[start:start + batch_size], device)
+        batch = collate(tokenizer, examples[start:start + batch_size], device, context_length(model), first_row=start)
         n = batch["completion_mask"][:, 1:].sum().item()
-        total += sft_loss(model, batch).item() * n
+        total += require_finite(sft_loss(model, batch).detach().reshape(1), "evaluate_sft_loss").item() * n
         tokens += n
     return total / tokens
 
@@ -129,7 +132,7 @@ def train_sft(model, tokenizer, train_examples: Sequence[Mapping], *, steps: int
     steps and after the last one.
     """
     check_steps(steps, eval_every)
-    validate_records(train_examples, "sft", "train_examples", tokenizer, model.config.n_positions)
+    validate_records(train_examples, "sft", "train_examples", tokenizer, context_length(model))
     gen = seed_everything(seed)
     device = model_device(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -140,7 +143,7 @@ def train_sft(model, tokenizer, train_examples: Sequence[Mapping], *, steps: int
     for step in bar:
         model.train()
         idx = torch.randint(0, len(train_examples), (batch_size,), generator=gen).tolist()
-        loss = sft_loss(model, collate(tokenizer, [train_examples[i] for i in idx], device))
+        loss = sft_loss(model, collate(tokenizer, [train_examples[i] for i in idx], device, context_length(model)))
         check_finite(loss, f"SFT step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -15,7 +15,7 @@ and every trainer takes the same three keyword-only hooks:
   result is stored in that row as ``row["eval"]``. The model before any step is the caller's to measure (the
   frontier measures the shared SFT model once, not once per run);
 - ``callback(row)``, called after every step with the finished row;
-- ``progress``, a ``tqdm`` bar.
+- ``progress``: whether to show a ``tqdm`` progress bar.
 
 A non-finite loss raises ``RuntimeError`` naming the step (:func:`check_finite`).
 """

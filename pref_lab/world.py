@@ -34,6 +34,7 @@ from .judge import load_gold_judge
 from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .models import (
     check_finite_parameters,
+    context_length,
     decode_completions,
     eos_rate,
     evaluating,
@@ -51,7 +52,7 @@ MAX_NEW_TOKENS = 48
 EVAL_SEED = 1234  # the sampling seed of every evaluation
 EVAL_BATCH_SIZE = 64  # sampling batch (the same batches give the same samples for a seed)
 HELDOUT_ORDER_SEED = 0  # the fixed order of the held-out prompts (never a run's training seed)
-N_EVAL_PROMPTS = 128  # the notebooks' evaluation size (the frontier grid uses the first 256)
+N_EVAL_PROMPTS = 128  # load_world's default size (notebooks 06, 08, 10, 12 use 128 on the tiny preset; the frontier 256)
 
 
 @dataclass
@@ -133,7 +134,7 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
         kl = []
         for start in range(0, len(prompts), EVAL_BATCH_SIZE):
             batch = tokenize_completions(tokenizer, prompts[start:start + EVAL_BATCH_SIZE],
-                                         ids[start:start + EVAL_BATCH_SIZE], max_length=policy.config.n_positions,
+                                         ids[start:start + EVAL_BATCH_SIZE], max_length=context_length(policy),
                                          first_row=start)
             batch = {k: v.to(device) for k, v in batch.items()}
             kl.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())

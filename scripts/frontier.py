@@ -46,7 +46,8 @@ Results JSON (schema ``pref_lab.frontier/1``)::
       "settings": {...},          # every hyper-parameter of this run (e.g. the PPOConfig as a dict)
       "curve": [POINT, ...],      # step 0 (= the SFT point), then every config[method]["eval_every"] steps and the last
       "final": POINT,             # the last point of the curve
-      "history": [{...}, ...],    # the trainer's rows (pref_lab.training), every history_every-th + the last, "eval" dropped
+      "history": [{...}, ...],    # the trainer's rows (pref_lab.training), every history_every-th + the last, "eval"
+                                  # dropped (a file written before that protocol holds each trainer's older rows)
       "history_every": int,
       "cost": COST
     }
@@ -97,7 +98,17 @@ from pref_lab.ppo import PPOConfig, make_value_model, train_ppo
 from pref_lab.reward_model import score_texts
 from pref_lab.rlhf import best_of_n, best_of_n_kl
 from pref_lab.training import thin_history
-from pref_lab.world import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, World, evaluate_policy, load_world, score_samples, unique_prompts
+from pref_lab.world import (
+    EVAL_BATCH_SIZE,
+    EVAL_SEED,
+    MAX_NEW_TOKENS,
+    World,
+    evaluate_policy,
+    load_world,
+    score_samples,
+    sft_point,
+    unique_prompts,
+)
 
 # ----------------------------------------------------------------------------- the grids
 # "max_new_tokens" is shared by training rollouts and evaluation, so every method writes text of the same length
@@ -105,7 +116,7 @@ from pref_lab.world import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, World, evaluate_poli
 CONFIGS = {
     "tiny": {
         "seed": 0, "max_new_tokens": 6,
-        "eval": {"prompts": 4, "seed": 1234},
+        "eval": {"prompts": 4, "seed": EVAL_SEED},
         "ppo": {"kl_coefs": [0.01, 0.05, 0.1, 0.5], "steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1,
                 "lr": 1e-4, "missing_eos_penalty": None, "eval_every": 2},
         "dpo": {"betas": [0.05, 0.1, 0.3, 1.0], "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": True,
@@ -116,7 +127,7 @@ CONFIGS = {
     },
     "full": {
         "seed": 0, "max_new_tokens": MAX_NEW_TOKENS,
-        "eval": {"prompts": 256, "seed": 1234},
+        "eval": {"prompts": 256, "seed": EVAL_SEED},
         # PPO: PPOConfig's tuned defaults (lr 3e-4, 2 epochs of minibatches of 16), run 3x longer than notebook 06
         "ppo": {"kl_coefs": [0.01, 0.03, 0.1, 0.3], "steps": 36, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
                 "lr": 3e-4, "missing_eos_penalty": None, "eval_every": 6},
@@ -303,6 +314,13 @@ def grid(config: dict, methods: Sequence[str] = METHODS) -> list[tuple[str, floa
     return tasks
 
 
+def start_point(world: World, config: dict) -> dict:
+    """Step 0 of every curve: :func:`pref_lab.world.sft_point` (KL exactly 0), with no training cost."""
+    point = sft_point(world, max_new_tokens=config["max_new_tokens"], seed=config["eval"]["seed"])
+    point.pop("samples")
+    return {**point, "train_seconds": 0.0, "samples_generated": 0}
+
+
 def run_task(world: World, pairs: list[dict], task: tuple[str, float | None], config: dict, sft: dict,
              progress: bool = False) -> list[dict]:
     """Run one task of :func:`grid`; returns its run records (best-of-n gives one per n)."""
@@ -314,12 +332,6 @@ def run_task(world: World, pairs: list[dict], task: tuple[str, float | None], co
     if method == "best_of_n":
         return run_best_of_n(world, config, sft)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-
-
-def sft_point(world: World, config: dict) -> dict:
-    """The SFT model's own point (its KL to itself is exactly 0), with no training cost."""
-    point = Meter(world, config).evaluate(world.sft)
-    return {"step": 0, **point, "train_seconds": 0.0, "samples_generated": 0}
 
 
 def environment(world: World, jobs: int = 1) -> dict:
@@ -385,7 +397,7 @@ def run_frontier(world: World, pairs: list[dict], config: dict, config_name: str
                "total_seconds": 0.0, "complete": False,
                "data": {"train_prompts": len(unique_prompts(pairs)), "train_pairs": len(pairs),
                         "eval_prompts": len(world.eval_prompts)},
-               "sft": sft_point(world, config), "runs": []}
+               "sft": start_point(world, config), "runs": []}
     tasks = grid(config, methods)
 
     def save():

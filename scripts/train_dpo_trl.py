@@ -11,7 +11,8 @@ Same data (TRL columns ``prompt``/``chosen``/``rejected``), same loss as ``pref_
         --model smollm2 --bf16 --max-steps 200 --output-dir build/dpo-smollm2
 
     # 8 GPUs with DeepSpeed ZeRO-2 (or multi_gpu_fsdp.yaml), a hub model and a hub preference dataset
-    accelerate launch --config_file scripts/accelerate/multi_gpu_zero2.yaml scripts/train_dpo_trl.py \\
+    # (importing pref_lab switches the HF libraries offline: PREF_LAB_ONLINE=1 lets them download)
+    PREF_LAB_ONLINE=1 accelerate launch --config_file scripts/accelerate/multi_gpu_zero2.yaml scripts/train_dpo_trl.py \\
         --model HuggingFaceTB/SmolLM2-360M-Instruct --dataset trl-lib/ultrafeedback_binarized --bf16 \\
         --batch-size 8 --max-length 1024 --max-steps 1000 --output-dir build/dpo-360m
 
@@ -35,11 +36,8 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pref_lab.assets import RECIPES
 from pref_lab.config import data_path
 from pref_lab.models import ASSISTANT, USER
-
-DPO_RECIPE = RECIPES["full"]["dpo"]
 
 COLUMNS = ["prompt", "chosen", "rejected"]
 COURSE_PROMPT = re.compile(re.escape(USER) + r"(.*)" + re.escape(ASSISTANT), re.DOTALL)
@@ -67,14 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'auto': 'messages' when the tokenizer is not the course's")
     p.add_argument("--max-eval-samples", type=int, default=256, help="evaluate on at most this many pairs")
     p.add_argument("--output-dir", default="build/dpo-trl")
-    # Defaults = the course's offline DPO recipe: the shipped checkpoint's stage, pref_lab.assets.RECIPES["full"]["dpo"].
-    p.add_argument("--max-steps", type=int, default=DPO_RECIPE["steps"])
-    p.add_argument("--beta", type=float, default=DPO_RECIPE["beta"],
-                   help="KL strength: implicit reward = beta * log(pi / pi_ref)")
+    # Defaults suit fine-tuning a pretrained model (SmolLM2) gently. They are NOT the course's own offline DPO recipe,
+    # pref_lab.assets.RECIPES["full"]["dpo"] (the shipped checkpoint: 100 steps of 32 pairs at lr 1e-4, beta 0.1 on the
+    # tiny GPT-2); pass --max-steps 100 --learning-rate 1e-4 to train that recipe with TRL.
+    p.add_argument("--max-steps", type=int, default=120)
+    p.add_argument("--beta", type=float, default=0.1, help="KL strength: implicit reward = beta * log(pi / pi_ref)")
     p.add_argument("--loss-type", default="sigmoid",
                    help="TRL loss_type; 'sigmoid' is the DPO paper's (= pref_lab.dpo.dpo_loss)")
-    p.add_argument("--learning-rate", type=float, default=DPO_RECIPE["lr"])
-    p.add_argument("--batch-size", type=int, default=DPO_RECIPE["batch_size"], help="pairs per device per step")
+    p.add_argument("--learning-rate", type=float, default=3e-5)
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per device per step")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--max-length", type=int, default=128, help="prompt + completion tokens (TRL truncates longer rows)")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")

@@ -159,7 +159,7 @@ def test_broken_jsonl_files_name_the_file_and_line(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=message):
             read_jsonl(tmp_path / name)
-        with pytest.raises(ValueError, match=message):  # the datasets path (pref_lab's loaders build on it)
+        with pytest.raises(ValueError, match=message):  # pref_lab's loader, which returns a datasets.Dataset
             load_preferences(path=tmp_path / name)
     with pytest.raises(ValueError, match="empty.jsonl: the file has no records"):
         load_corpus(path=tmp_path / "empty.jsonl")
@@ -192,8 +192,10 @@ def test_a_shipped_model_must_match_its_manifest_checksum(tokenizer, lm, tmp_pat
     save_model(lm, tmp_path / "data" / "models" / "sft", tokenizer)
     manifest = {"assets": {"sft": {"files": {"models/sft/model.safetensors": {"bytes": 1, "sha256": "0" * 64}}}}}
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="does not match the sha256 that data/manifest.json records"):
+    with pytest.raises(ValueError, match=r"does not match the sha256 that .*data/manifest.json records"):
         load_model("sft")
+    with pytest.raises(ValueError, match="does not match the sha256"):  # by path too: it is that world's model
+        load_model(tmp_path / "data" / "models" / "sft")
 
 
 # ----------------------------------------------------------------------------- 4. dpo_loss and the loss zoo
