@@ -50,13 +50,15 @@ Judge = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 # ----------------------------------------------------------------------------- judges
 def reward_model_judge(reward_model, tokenizer, batch_size: int = 64) -> Judge:
-    """The shipped Bradley–Terry reward model as a judge: its scalar score of each (prompt, completion).
+    """The shipped Bradley–Terry reward model as a judge: its scalar score of each (prompt, completion), given as
+    text or as sampled ids.
 
     A sample that was EOS and nothing else decodes to ``""``; the reward model scores it as what was sampled, the
     EOS token alone (an empty *text* is refused by :func:`pref_lab.logprobs.tokenize_completions`)."""
     eos = torch.tensor([tokenizer.eos_token_id])
+    as_sampled = lambda c: eos if isinstance(c, str) and not c.strip() else c
     return lambda prompts, completions: score_texts(reward_model, tokenizer, list(prompts),
-                                                    [c if c else eos for c in completions], batch_size)
+                                                    [as_sampled(c) for c in completions], batch_size)
 
 
 def gold_judge(gold) -> Judge:

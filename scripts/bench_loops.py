@@ -19,8 +19,9 @@ import time
 import torch
 
 import pref_lab
+import pref_lab.data
 from pref_lab.config import data_path, seed_everything
-from pref_lab.data import load_corpus, read_jsonl
+from pref_lab.data import load_corpus, read_jsonl, validate_records
 from pref_lab.dpo import train_dpo
 from pref_lab.models import load_model, load_tokenizer
 from pref_lab.online import OnlineDPOConfig, reward_model_judge, train_online_dpo
@@ -59,6 +60,12 @@ def main() -> None:
             OnlineDPOConfig(rounds=n, prompts_per_round=32, minibatch_size=32), progress=False),
     }
     print(f"pref_lab from {pref_lab.__file__}; {n} steps x {args.repeats} repeats, {args.threads} thread(s)")
+    if hasattr(pref_lab.data, "check_token_lengths"):  # the validation layer (absent before issue 18): its one-off cost
+        all_pairs = pairs + read_jsonl(data_path("preferences", "rm_extra.jsonl.gz"))
+        start = time.perf_counter()
+        validate_records(all_pairs, "preference", "rm pairs", tokenizer, 128)
+        print(f"validate_records, {len(all_pairs)} RM pairs with token lengths: {time.perf_counter() - start:.1f} s "
+              "(once per train_reward_model call)")
     for name, run in loops.items():
         seconds = []
         for _ in range(args.repeats):

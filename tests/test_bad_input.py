@@ -328,3 +328,16 @@ def test_valid_input_is_accepted_non_ascii_extra_columns_and_a_byte_order_mark(t
     assert load_preferences(path=path).to_list() == rows
     history = train_one_step(copy.deepcopy(lm), lm, tokenizer, load_preferences(path=path))
     assert len(history) == 1 and history[0]["pairs"] == 2
+
+
+def test_the_reward_model_judge_scores_an_eos_only_sample_as_eos(tokenizer, rm):
+    """Online DPO hands the judge decoded texts: a sample that was only EOS decodes to "" and must not stop the run."""
+    from pref_lab.online import reward_model_judge
+
+    judge = reward_model_judge(rm, tokenizer)
+    eos = torch.tensor([tokenizer.eos_token_id])
+    sampled = torch.tensor(tokenizer("great acting")["input_ids"] + [tokenizer.eos_token_id])
+    as_text = judge([prompt(tokenizer)] * 2, ["", "great acting"])
+    as_ids = score_texts(rm, tokenizer, [prompt(tokenizer)] * 2, [eos, sampled])
+    torch.testing.assert_close(as_text, as_ids)
+    torch.testing.assert_close(judge([prompt(tokenizer)], [eos]), as_ids[:1])  # ids pass through unchanged
