@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pref_lab.dpo import dpo_loss
-from pref_lab.rlhf import _check_beta, categorical_kl
+from pref_lab.rlhf import categorical_kl, check_beta
 
 # (completion, pi_ref(y|x), gold reward r(x, y)). The reference model (think: the SFT model) likes
 # lukewarm reviews; the reward (think: the sentiment judge's logit) likes enthusiastic ones.
@@ -75,7 +75,7 @@ def objective(logprobs: torch.Tensor, bandit: Bandit, beta: float) -> torch.Tens
 
     Returns (...,). Differentiable, so gradient ascent can climb it.
     """
-    _check_beta(beta)
+    check_beta(beta)
     expected_reward = (logprobs.exp() * bandit.rewards).sum(-1)
     return expected_reward - beta * categorical_kl(logprobs, bandit.ref_logprobs.expand_as(logprobs))
 
@@ -89,7 +89,7 @@ def gradient_ascent(
     in theta scales with beta, so a step size of about 1.5 / beta is both stable and fast.
     Returns (log-probs of the final policy (K,), J after every step).
     """
-    _check_beta(beta)
+    check_beta(beta)
     start = bandit.ref_logprobs if init_logits is None else init_logits
     if start.shape != bandit.ref_logprobs.shape:
         raise ValueError(f"init_logits must have shape {tuple(bandit.ref_logprobs.shape)}, got {tuple(start.shape)}")
@@ -162,7 +162,7 @@ def fit_dpo(
     so DPO on a bandit is logistic regression on logit differences: convex, one optimum per
     connected set of compared completions. Returns (log-probs (K,), loss after every step).
     """
-    _check_beta(beta)
+    check_beta(beta)
     if yw_ids.shape != yl_ids.shape or yw_ids.ndim != 1:
         raise ValueError(f"yw_ids and yl_ids must both have shape (P,), got {tuple(yw_ids.shape)}, {tuple(yl_ids.shape)}")
     if (yw_ids == yl_ids).any():

@@ -24,7 +24,6 @@ Same numbers as TRL 1.16's ``DPOTrainer`` (``loss_type="sigmoid"``): loss, gradi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +36,7 @@ from .data import validate_records
 from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
 from .models import context_length, disable_dropout, evaluating
+from .rlhf import check_beta
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -85,12 +85,6 @@ def dpo_loss(
     losses = -F.logsigmoid(beta * (pi_logratios - ref_logratios))
     rewards = beta * (pi_logits - ref_logits).detach()
     return losses, rewards
-
-
-def check_beta(beta: float, name: str = "beta") -> None:
-    """``beta`` must be a positive finite number (the KL strength / implicit-reward temperature)."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {beta!r}")
 
 
 def check_dpo_inputs(pi_logps: torch.Tensor, ref_logps: torch.Tensor, yw_ids: torch.Tensor, yl_ids: torch.Tensor,

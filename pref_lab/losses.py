@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .rlhf import check_beta
+
 # What the DPO trainer calls instead of DPO's loss (``train_dpo(loss_fn=...)``): per-pair losses (P,) from one
 # batch of 2P rows laid out [chosen..., rejected...],
 #   loss_fn(pi_logps (B,), ref_logps (B,), yw_ids (P,), yl_ids (P,), lengths (B,)) -> losses (P,),
@@ -41,11 +43,6 @@ def _check_per_pair(name: str, x: torch.Tensor) -> None:
                          "-inf or NaN means a broken model or batch")
 
 
-def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
 def _margin(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float | None = None) -> torch.Tensor:
     _check_per_pair("chosen", chosen_logratios)
     _check_per_pair("rejected", rejected_logratios)
@@ -53,7 +50,7 @@ def _margin(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, be
         raise ValueError(f"chosen {tuple(chosen_logratios.shape)} and rejected {tuple(rejected_logratios.shape)} "
                          "must have the same shape (one entry per pair)")
     if beta is not None:
-        _check_positive("beta", beta)
+        check_beta(beta)
     return chosen_logratios - rejected_logratios
 
 
@@ -152,7 +149,7 @@ def kto_loss(logratios: torch.Tensor, desirable: torch.Tensor, beta: float, z_re
     pass a detached scalar or tensor.
     """
     _check_per_pair("logratios", logratios)
-    _check_positive("beta", beta)
+    check_beta(beta)
     if not isinstance(desirable, torch.Tensor) or logratios.shape != desirable.shape:
         raise ValueError(f"logratios {tuple(logratios.shape)} and desirable {tuple(getattr(desirable, 'shape', ()))} must "
                          "be tensors of one shape (N,): one thumbs-up/down label per example")

@@ -17,13 +17,15 @@ tiny probabilities exact, and log_softmax / logsumexp never overflow even when r
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 
-def _check_beta(beta: float) -> None:
-    if not beta > 0:  # also catches NaN
-        raise ValueError(f"beta must be > 0 (the KL penalty's strength), got {beta}")
+def check_beta(beta: float, name: str = "beta") -> None:
+    """``beta`` (the KL penalty's strength, DPO's implicit-reward temperature) must be a positive finite number."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"{name} must be a positive finite number (the KL penalty's strength), got {beta!r}")
 
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
@@ -49,7 +51,7 @@ def log_partition(ref_logprobs: torch.Tensor, rewards: torch.Tensor, beta: float
 
     ref_logprobs, rewards: (..., K). Returns (...,).
     """
-    _check_beta(beta)
+    check_beta(beta)
     _check_same_shape(ref_logprobs, rewards, "ref_logprobs", "rewards")
     _check_normalised(ref_logprobs, "ref_logprobs")
     return torch.logsumexp(ref_logprobs + rewards / beta, dim=-1)
@@ -61,7 +63,7 @@ def optimal_policy_logprobs(ref_logprobs: torch.Tensor, rewards: torch.Tensor, b
     ref_logprobs, rewards: (..., K). Returns log-probs (..., K) that sum (in prob space) to 1.
     log_softmax does the "- log Z" part stably. Small beta -> argmax of r; large beta -> pi_ref.
     """
-    _check_beta(beta)
+    check_beta(beta)
     _check_same_shape(ref_logprobs, rewards, "ref_logprobs", "rewards")
     _check_normalised(ref_logprobs, "ref_logprobs")
     return torch.log_softmax(ref_logprobs + rewards / beta, dim=-1)

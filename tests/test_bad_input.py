@@ -202,8 +202,8 @@ def test_a_shipped_model_must_match_its_manifest_checksum(tokenizer, lm, tmp_pat
 @pytest.mark.parametrize(("args", "message"), [
     ((torch.randn(4, 5, 7), torch.randn(4), [0, 1], [2, 3], 0.1), r"\(B,\), got \(4, 5, 7\): did you pass logits\?"),
     ((-torch.rand(4, 5), -torch.rand(4), [0, 1], [2, 3], 0.1), r"got \(4, 5\): did you pass per-token log-probs\?"),
-    ((-torch.rand(4), -torch.rand(4), [0, 1], [2, 3], 0.0), "beta must be a positive finite number, got 0.0"),
-    ((-torch.rand(4), -torch.rand(4), [0, 1], [2, 3], float("nan")), "beta must be a positive finite number, got nan"),
+    ((-torch.rand(4), -torch.rand(4), [0, 1], [2, 3], 0.0), r"beta must be a positive finite number .*got 0.0"),
+    ((-torch.rand(4), -torch.rand(4), [0, 1], [2, 3], float("nan")), r"beta must be a positive finite number .*got nan"),
     ((-torch.rand(4), -torch.rand(4), [0, -1], [2, 3], 0.1), r"yw_ids must be row indices in \[0, 4\)"),
     ((-torch.rand(4), -torch.rand(4), [0, 1], [2], 0.1), "must index P >= 1 pairs each"),
     ((torch.zeros(0), torch.zeros(0), [], [], 0.1), "empty batch"),
@@ -222,7 +222,7 @@ def test_the_loss_zoo_checks_its_inputs():
         ipo_loss(torch.zeros(2, 3), torch.zeros(2, 3), beta=0.1)
     with pytest.raises(ValueError, match=r"chosen has non-finite values \(row 0\)"):
         simpo_loss(torch.tensor([float("nan")]), torch.tensor([-1.0]), beta=2.0, gamma=1.0)
-    with pytest.raises(ValueError, match="beta must be a positive finite number, got -1"):
+    with pytest.raises(ValueError, match=r"beta must be a positive finite number .*got -1"):
         ipo_loss(torch.zeros(2), torch.zeros(2), beta=-1)
     with pytest.raises(ValueError, match=r"shape \(P,\) with P >= 1, got \(0,\)"):
         kto_loss(torch.zeros(0), torch.zeros(0, dtype=torch.bool), beta=0.1, z_ref=0.0)
