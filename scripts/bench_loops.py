@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default=None, help="comma-separated words: run the loops whose name has one (e.g. dpo)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seed_everything(0)
@@ -60,13 +61,16 @@ def main() -> None:
             OnlineDPOConfig(rounds=n, prompts_per_round=32, minibatch_size=32), progress=False),
     }
     print(f"pref_lab from {pref_lab.__file__}; {n} steps x {args.repeats} repeats, {args.threads} thread(s)")
-    if hasattr(pref_lab.data, "check_token_lengths"):  # the validation layer (absent before issue 18): its one-off cost
+    # the validation layer's one-off cost (the layer is absent before issue 18)
+    if hasattr(pref_lab.data, "check_token_lengths") and not args.only:
         all_pairs = pairs + read_jsonl(data_path("preferences", "rm_extra.jsonl.gz"))
         start = time.perf_counter()
         validate_records(all_pairs, "preference", "rm pairs", tokenizer, 128)
         print(f"validate_records, {len(all_pairs)} RM pairs with token lengths: {time.perf_counter() - start:.1f} s "
               "(once per train_reward_model call)")
     for name, run in loops.items():
+        if args.only and not any(word in name for word in args.only.split(",")):
+            continue
         seconds = []
         for _ in range(args.repeats):
             start = time.perf_counter()
