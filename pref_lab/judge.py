@@ -1,29 +1,47 @@
-"""Transparent text judges: word-presence logistic regression.
+"""Transparent text judges.
 
-The **gold judge** plays "the human" of the course: trained on the real fresh/rotten labels, its
-logit is the gold reward
+The **gold judge** plays "the human" of the course. It reads a text the way a rater would, in four readable terms:
 
-    r_gold(y) = b + sum_{w in words(y)} theta_w          P(fresh | y) = sigma(r_gold(y))
+    S(y) = b + sum_{w in words(y)} theta_w        sentiment: word-presence logistic regression on the real
+                                                   fresh/rotten labels (``words(y)``: the *set* of lower-cased
+                                                   words and word bigrams of y in its vocabulary)
+    F(y) = (1/T) sum_t log p_reader(y_t | y_<t)   fluency: mean log-prob per token under the reader, the world's
+                                                   fixed base language model of real reviews (EOS counted when
+                                                   the text finished)
+    rho(y)                                        repetition: share of word bigrams that repeat an earlier one
 
-where ``words(y)`` is the *set* of lower-cased words and word bigrams in y that are in the
-judge's vocabulary. Every weight is a readable number attached to a word, so students can see
-what "the human" likes. The **task judge** is the same model trained to tell a review from a
-plot summary; it measures instruction following.
+    r_gold(y) = A tanh(S/A)                       bounded: piling up positive words saturates
+                - min(lambda max(0, F0 - F), P)   a list of words is not a review: below the floor F0 (a low
+                                                   percentile of real reviews) every nat costs lambda
+                - mu rho                          saying it again does not count twice
+                - c [y did not finish]            a cut-off review is worse than the same review, finished
+
+The constants (``RaterRules``) are chosen in ``pref_lab.assets`` from real training reviews and recorded in the
+manifest. Every sentiment weight is a number attached to a word, and every fluency is a mean of per-token
+log-probs, so a student can read why the human scores a text as it does. What it cannot see: the prompt (whether
+the review is about the right movie), facts, and anything beyond word pairs and the reader's short memory.
+The **task judge** is the sentiment model's form trained to tell a review from a plot summary; it measures
+instruction following.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from .config import data_path
+from .models import Unfinished, completion_texts
 
 WORD_RE = re.compile(r"[a-z0-9']+|[!?]")
 
@@ -129,16 +147,173 @@ class BagOfWordsJudge:
         return cls(meta["vocab"], tensors["weights"], tensors["bias"].item(), tuple(meta["labels"]))
 
 
-class GoldJudge(BagOfWordsJudge):
-    """The course's "human": P(fresh | text). ``gold_reward`` is its logit."""
+# ----------------------------------------------------------------------------- the gold judge ("the human")
+@dataclass(frozen=True)
+class RaterRules:
+    """The gold judge's rules beyond sentiment (module docstring), each a readable number.
 
-    def gold_reward(self, texts: Sequence[str]) -> torch.Tensor:
-        """Gold reward r_gold(y) for each text: shape (N,). Positive = reads like a fresh review."""
-        return self.score(texts)
+    ``bound`` A: sentiment enters as A·tanh(S/A), so piling up positive words saturates.
+    ``fluency_floor`` F0 (nats per token): the reader's mean log-prob below which a text stops reading like a review;
+    chosen as a low percentile of real *training* reviews. ``fluency_weight`` λ: reward lost per nat below F0.
+    ``max_fluency_penalty``: the most that (dis)fluency can cost (keeps the reward bounded below).
+    ``repetition_weight`` μ: reward lost per unit of repeated word bigrams (0 = none repeated, 0.5 = said twice).
+    ``unfinished_penalty`` c: reward lost by a text that never ended (no EOS): a rater dislikes a cut-off review.
+    """
+
+    bound: float
+    fluency_floor: float
+    fluency_weight: float
+    max_fluency_penalty: float
+    repetition_weight: float
+    unfinished_penalty: float
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not math.isfinite(value) or (name != "fluency_floor" and value < 0):
+                raise ValueError(f"RaterRules.{name} must be a finite{'' if name == 'fluency_floor' else ' non-negative'}"
+                                 f" number, got {value}")
+        if self.bound == 0:
+            raise ValueError("RaterRules.bound must be > 0")
+
+
+def repetition(text: str) -> float:
+    """Share of the text's word bigrams that repeat an earlier one: 0 for none, 0.5 for a text said twice."""
+    words = WORD_RE.findall(text.lower())
+    bigrams = list(zip(words, words[1:]))
+    return 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+class GoldJudge:
+    """The course's "human". ``gold_reward`` (module docstring) is what it thinks of a text; ``rate`` shows why.
+
+    It holds the sentiment judge (a :class:`BagOfWordsJudge`), the *reader* (the world's base language model,
+    fixed, which measures how much a text reads like real reviews), the world's tokenizer and the
+    :class:`RaterRules`. The reader runs on the CPU, whatever device the policies use, so the judge's numbers do
+    not depend on the device.
+    """
+
+    def __init__(self, sentiment: BagOfWordsJudge, reader: torch.nn.Module, tokenizer, rules: RaterRules):
+        self.sentiment = sentiment
+        self.reader = reader.cpu().eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.rules = rules
+        self.labels = sentiment.labels
+
+    # -- reading -----------------------------------------------------------------------------
+    def _texts(self, completions) -> tuple[list[str], list[bool]]:
+        """Texts and finished flags, from texts (an :class:`pref_lab.models.Unfinished` text did not finish; any
+        other text did) or from sampled id tensors (finished iff the last id is EOS)."""
+        if isinstance(completions, str):
+            raise ValueError("the gold judge takes a list of texts (or of sampled id tensors), not a single string")
+        completions = list(completions)
+        if completions and all(isinstance(c, torch.Tensor) for c in completions):
+            completions = completion_texts(self.tokenizer, completions)
+        for c in completions:
+            if not isinstance(c, str):
+                raise ValueError(f"expected texts or sampled id tensors, got {type(c).__name__}")
+        return [str(c) for c in completions], [not isinstance(c, Unfinished) for c in completions]
+
+    @torch.no_grad()
+    def fluency(self, texts: Sequence[str], finished: Sequence[bool], batch_size: int = 64) -> torch.Tensor:
+        """Mean log-prob per token under the reader, shape (N,): tokens of the text, then EOS if it finished,
+        each given what came before (a text starts after an EOS, as in pretraining). Texts beyond the reader's
+        context are read up to it. A text with no token at all (empty and unfinished) gets -inf."""
+        eos = self.tokenizer.eos_token_id
+        limit = self.reader.config.n_positions - 1
+        ids = [(self.tokenizer(t, add_special_tokens=False)["input_ids"] + ([eos] if f else []))[:limit]
+               for t, f in zip(texts, finished)]
+        out = torch.full((len(ids),), -math.inf)
+        order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))  # similar lengths batched
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = 1 + max(len(ids[i]) for i in rows)
+            batch = torch.full((len(rows), width), eos)
+            mask = torch.zeros(len(rows), width)
+            for j, i in enumerate(rows):
+                batch[j, 1:1 + len(ids[i])] = torch.tensor(ids[i])
+                mask[j, :1 + len(ids[i])] = 1
+            logp = torch.log_softmax(self.reader(batch, attention_mask=mask).logits[:, :-1].float(), -1)
+            token_logp = logp.gather(-1, batch[:, 1:, None]).squeeze(-1) * mask[:, 1:]
+            out[rows] = token_logp.sum(1) / mask[:, 1:].sum(1)
+        return out
+
+    def rate(self, completions: Sequence) -> dict[str, torch.Tensor]:
+        """Every term of the gold reward, each of shape (N,) (module docstring):
+
+        ``sentiment`` S (the word-weight logit), ``fluency`` F, ``repetition`` ρ, ``finished`` (1/0), and
+        ``reward`` = A·tanh(S/A) − min(λ·max(0, F0 − F), max_fluency_penalty) − μ·ρ − c·[not finished].
+        """
+        texts, flags = self._texts(completions)
+        r = self.rules
+        sentiment = self.sentiment.score(texts)
+        fluency = self.fluency(texts, flags)
+        rep = torch.tensor([repetition(t) for t in texts])
+        done = torch.tensor(flags, dtype=torch.float32)
+        disfluency = (r.fluency_weight * (r.fluency_floor - fluency).clamp(min=0)).clamp(max=r.max_fluency_penalty)
+        reward = (r.bound * torch.tanh(sentiment / r.bound) - disfluency - r.repetition_weight * rep
+                  - r.unfinished_penalty * (1 - done))
+        return {"sentiment": sentiment, "fluency": fluency, "repetition": rep, "finished": done, "reward": reward}
+
+    def gold_reward(self, completions: Sequence) -> torch.Tensor:
+        """Gold reward r_gold(y) of each completion, shape (N,); higher = what the human prefers.
+
+        ``completions``: sampled id tensors (a sample finished iff its last id is EOS), or texts: a text is
+        finished unless it is an :class:`pref_lab.models.Unfinished` text (see
+        :func:`pref_lab.models.completion_texts`). Pass generated text as its ids or as ``completion_texts``, so a
+        sample cut off at the length limit is judged as what it is.
+        """
+        return self.rate(completions)["reward"]
+
+    # -- the sentiment verdict on real reviews ------------------------------------------------------
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The judge's fresh/rotten verdict on finished texts: the sign of the gold reward."""
+        return [self.labels[int(s > 0)] for s in self.gold_reward(texts)]
+
+    def accuracy(self, texts: Sequence[str], labels: Sequence[str]) -> float:
+        if not labels:
+            raise ValueError("accuracy of an empty set of texts is undefined")
+        return sum(p == y for p, y in zip(self.predict(texts), labels)) / len(labels)
+
+    def top_features(self, k: int = 15) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        """The sentiment judge's k most positive and k most negative (feature, weight) pairs."""
+        return self.sentiment.top_features(k)
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, folder: str | Path, reader_folder: str) -> None:
+        """Save the sentiment weights and the rules; the reader is referenced (``reader_folder``, relative to the
+        world's root) with the sha256 of its weights, so a rebuilt base model cannot silently change the judge."""
+        folder = Path(folder)
+        self.sentiment.save(folder)
+        world = folder.parent.parent
+        (folder / "rater.json").write_text(json.dumps(
+            {"rules": asdict(self.rules), "reader": reader_folder, "tokenizer": "tokenizer",
+             "reader_sha256": sha256_of(world / reader_folder / "model.safetensors")}, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GoldJudge:
+        folder = Path(folder)
+        sentiment = BagOfWordsJudge.load(folder)
+        if not (folder / "rater.json").exists():
+            raise FileNotFoundError(f"{folder} has no rater.json: run `make assets`")
+        meta = json.loads((folder / "rater.json").read_text())
+        world = folder.parent.parent
+        weights = world / meta["reader"] / "model.safetensors"
+        if not weights.exists():
+            raise FileNotFoundError(f"the gold judge's reader {weights} is missing: run `make assets`")
+        if sha256_of(weights) != meta["reader_sha256"]:
+            raise ValueError(f"{weights} is not the model the gold judge was built with (sha256 differs): rebuild the "
+                             "judge (`python -m pref_lab.assets --stages judges`) after rebuilding the base model")
+        reader = GPT2LMHeadModel.from_pretrained(str(world / meta["reader"]))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(world / meta["tokenizer"]))
+        return cls(sentiment, reader, tokenizer, RaterRules(**meta["rules"]))
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_gold_judge(folder: str | Path | None = None) -> GoldJudge:
-    """The shipped gold sentiment judge (``data/judges/gold``)."""
+    """The shipped gold judge (``data/judges/gold``, reading with ``data/models/base``)."""
     return GoldJudge.load(folder or data_path("judges", "gold"))
 
 

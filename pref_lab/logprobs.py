@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from .models import Unfinished
+
 
 def tokenize_completions(
     tokenizer: PreTrainedTokenizerFast,
@@ -26,8 +28,9 @@ def tokenize_completions(
 ) -> dict[str, torch.Tensor]:
     """Tokenize (prompt, completion) pairs into one padded batch.
 
-    ``completions`` are texts (EOS appended when ``add_eos``) or 1-D tensors of token ids used
-    as they are (e.g. sampled ids that already end with EOS, or were cut at the length limit).
+    ``completions`` are texts (EOS appended when ``add_eos``, except to an :class:`pref_lab.models.Unfinished` text,
+    which ran into the length limit) or 1-D tensors of token ids used as they are (e.g. sampled ids that already
+    end with EOS, or were cut at the length limit).
 
     Returns ``input_ids``, ``attention_mask`` and ``completion_mask``, each of shape (B, T):
     ``completion_mask[i, t] = 1`` where token t of row i belongs to the completion.
@@ -66,7 +69,7 @@ def tokenize_completions(
             c_ids = completion.tolist()
         else:
             c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-            if add_eos:
+            if add_eos and not isinstance(completion, Unfinished):
                 c_ids = c_ids + [tokenizer.eos_token_id]
         if len(c_ids) == 0:
             raise ValueError(f"row {first_row + i}: empty completion for prompt {prompts[i][:60]!r}")

@@ -256,9 +256,44 @@ def generate(
     return decode_completions(tokenizer, outputs)
 
 
+class Unfinished(str):
+    """A completion that ran into the length limit: the text of a sample that never emitted EOS.
+
+    Every other completion text is *finished*: :func:`pref_lab.logprobs.tokenize_completions` appends EOS to it.
+    An ``Unfinished`` text is tokenized without EOS, so a reward model or DPO sees what was sampled, and it is never
+    equal to the finished text with the same characters. :func:`completion_texts` writes sampled ids this way;
+    preference records mark such a side with ``chosen_finished`` / ``rejected_finished`` = false
+    (:func:`pref_lab.data.pair_completions` reads them back).
+    """
+
+    def __eq__(self, other):
+        return isinstance(other, Unfinished) and str.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(("unfinished", str(self)))
+
+    def __repr__(self):
+        return f"Unfinished({str.__repr__(self)})"
+
+
+def as_completion(text: str, finished: bool = True) -> str:
+    """``text`` itself if it finished, else ``Unfinished(text)``."""
+    return text if finished else Unfinished(text)
+
+
 def decode_completions(tokenizer: PreTrainedTokenizerFast, completion_ids: Sequence[torch.Tensor]) -> list[str]:
     """The texts a judge reads: each completion's ids decoded with special tokens (EOS) dropped, whitespace stripped."""
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in completion_ids]
+
+
+def completion_texts(tokenizer: PreTrainedTokenizerFast, completion_ids: Sequence[torch.Tensor]) -> list[str]:
+    """What a judge reads of sampled ids: :func:`decode_completions`, with each sample that never emitted EOS (it ran
+    into the length limit) as an :class:`Unfinished` text, so judges and tokenizers know it was cut off."""
+    ended = ends_with_eos(completion_ids, tokenizer.eos_token_id).tolist()
+    return [as_completion(t, e) for t, e in zip(decode_completions(tokenizer, completion_ids), ended)]
 
 
 def ends_with_eos(completion_ids: Sequence[torch.Tensor], eos_token_id: int) -> torch.Tensor:

@@ -40,12 +40,21 @@ from .config import model_device, same_device, seed_everything
 from .dpo import dpo_step
 from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
-from .models import check_finite_parameters, context_length, decode_completions, disable_dropout, eos_rate, evaluating, generate
+from .models import (
+    check_finite_parameters,
+    completion_texts,
+    context_length,
+    disable_dropout,
+    eos_rate,
+    evaluating,
+    generate,
+)
 from .reward_model import score_texts
 from .training import Callback, EvalFn, check_steps, log_step
 
 Judge = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
-"""``judge(prompts, completion_texts) -> (N,)`` scores; higher is better. Both lists have N entries."""
+"""``judge(prompts, completion_texts) -> (N,)`` scores; higher is better. Both lists have N entries; a sample that never
+emitted EOS is an :class:`pref_lab.models.Unfinished` text (:func:`pref_lab.models.completion_texts`)."""
 
 
 # ----------------------------------------------------------------------------- judges
@@ -204,7 +213,7 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence[str], judge
         ids = generate(policy, tokenizer, [p for p in round_prompts for _ in range(k)], max_new_tokens=config.max_new_tokens,
                        temperature=config.temperature, batch_size=len(round_prompts) * k, seed=seed, progress=False,
                        return_ids=True)
-        flat_texts = decode_completions(tokenizer, ids)
+        flat_texts = completion_texts(tokenizer, ids)  # a sample that never ended is an Unfinished text
         n_samples += len(ids)
         # 2. the judge labels them; 3. one pair per prompt
         scores = torch.as_tensor(judge([p for p in round_prompts for _ in range(k)], flat_texts)).float().cpu()

@@ -36,7 +36,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Mod
 
 from .config import model_device, same_device, seed_everything
 from .logprobs import position_ids_from_mask, token_logprobs, tokenize_completions
-from .models import check_finite_parameters, context_length, decode_completions, ends_with_eos, generate
+from .models import check_finite_parameters, completion_texts, context_length, ends_with_eos, generate
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
 
@@ -377,7 +377,7 @@ def train_ppo(policy, ref_model, value_model: ValueModel, tokenizer, prompts: Se
                "objective/eos_rate": batch["has_eos"].float().mean().item()}
         row.update({name: sum(values) / len(values) for name, values in stats.items()})
         if gold_fn is not None:
-            row["gold/reward"] = torch.as_tensor(gold_fn(decode_completions(tokenizer, batch["completion_ids"]))
+            row["gold/reward"] = torch.as_tensor(gold_fn(completion_texts(tokenizer, batch["completion_ids"]))
                                                  ).float().mean().item()
         log_step(history, row, policy, config.steps, eval_fn, eval_every, callback)
         bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.3f}")

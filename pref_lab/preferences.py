@@ -20,6 +20,7 @@ import torch
 
 from .bradley_terry import bayes_ceiling  # noqa: F401  (re-exported: the ceiling of these labels)
 from .data import validate_record
+from .models import Unfinished
 
 
 def make_pairs(prompt: str, completions: Sequence[str], gold: torch.Tensor, generator: torch.Generator,
@@ -29,7 +30,9 @@ def make_pairs(prompt: str, completions: Sequence[str], gold: torch.Tensor, gene
     ``completions``: k texts; ``gold``: their gold rewards (k,). With ``all_pairs`` every one of
     the k(k-1)/2 pairs is used, else disjoint neighbours (0,1), (2,3), ... Identical texts cannot
     form a pair and are skipped by the caller's count. Each record has TRL's columns plus
-    ``gold_chosen``, ``gold_rejected`` and ``p_chosen`` = sigma(gold_chosen - gold_rejected).
+    ``gold_chosen``, ``gold_rejected`` and ``p_chosen`` = sigma(gold_chosen - gold_rejected). A completion
+    that is an :class:`pref_lab.models.Unfinished` text (it ran into the length limit) is written as its text with
+    ``chosen_finished`` / ``rejected_finished`` false; every record carries both flags.
     """
     if len(completions) != len(gold):
         raise ValueError(f"{len(completions)} completions but {len(gold)} gold rewards")
@@ -42,9 +45,11 @@ def make_pairs(prompt: str, completions: Sequence[str], gold: torch.Tensor, gene
         p_a = torch.sigmoid(gold[a] - gold[b]).item()
         a_wins = torch.rand((), generator=generator).item() < p_a
         w, l_ = (a, b) if a_wins else (b, a)
-        record = {"prompt": prompt, "chosen": completions[w], "rejected": completions[l_],
+        record = {"prompt": prompt, "chosen": str(completions[w]), "rejected": str(completions[l_]),
                   "gold_chosen": round(gold[w].item(), 4), "gold_rejected": round(gold[l_].item(), 4),
-                  "p_chosen": round(p_a if a_wins else 1 - p_a, 4)}
+                  "p_chosen": round(p_a if a_wins else 1 - p_a, 4),
+                  "chosen_finished": not isinstance(completions[w], Unfinished),
+                  "rejected_finished": not isinstance(completions[l_], Unfinished)}
         validate_record(record, "preference", source, len(pairs))
         pairs.append(record)
     return pairs

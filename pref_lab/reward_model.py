@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from .config import data_path, get_device, model_device, seed_everything
-from .data import validate_records
+from .data import as_completion, pair_completions, validate_records
 from .logprobs import position_ids_from_mask, require_finite, tokenize_completions
 from .models import context_length, disable_dropout, evaluating, load_checkpoint
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
@@ -96,7 +96,7 @@ def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, 
 def _pair_rewards(reward_model, tokenizer, pairs: Sequence[Mapping], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Score chosen and rejected of each pair in one forward pass: returns (r_chosen, r_rejected)."""
     prompts = [p["prompt"] for p in pairs] * 2
-    completions = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    completions = pair_completions(pairs, "chosen") + pair_completions(pairs, "rejected")  # unfinished: no EOS
     batch = tokenize_completions(tokenizer, prompts, completions, max_length=context_length(reward_model))
     rewards = reward_scores(reward_model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
     return rewards[: len(pairs)], rewards[len(pairs):]
@@ -135,12 +135,14 @@ def agreement_with_gold_order(chosen_rewards: torch.Tensor, rejected_rewards: to
 def group_pairs_by_prompt(pairs: Sequence[Mapping]) -> list[dict]:
     """Pairs grouped by prompt, in order of first appearance: one dict per prompt,
     ``{"prompt": x, "completions": [y_0, y_1, ...], "pairs": [(chosen_index, rejected_index), ...]}``,
-    where each distinct completion is listed once and the indices point into ``completions``."""
+    where each distinct completion is listed once and the indices point into ``completions`` (an unfinished side is
+    an :class:`pref_lab.models.Unfinished` text, distinct from the same text finished)."""
     groups: dict[str, dict] = {}
     for pair in pairs:
         group = groups.setdefault(pair["prompt"], {"prompt": pair["prompt"], "completions": [], "pairs": []})
         ids = []
-        for text in (pair["chosen"], pair["rejected"]):
+        for text in (as_completion(pair["chosen"], pair.get("chosen_finished", True)),
+                     as_completion(pair["rejected"], pair.get("rejected_finished", True))):
             if text not in group["completions"]:  # k is small (8 or 16): a list lookup is fine
                 group["completions"].append(text)
             ids.append(group["completions"].index(text))

@@ -35,7 +35,6 @@ from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .models import (
     check_finite_parameters,
     context_length,
-    decode_completions,
     eos_rate,
     evaluating,
     format_prompt,
@@ -108,7 +107,7 @@ def mean_sem(x) -> tuple[float, float]:
 def score_samples(world: World, completion_ids: Sequence[torch.Tensor]) -> dict:
     """Gold reward (mean and s.e.), EOS rate and mean length of given samples: what every point reports next to
     its gold reward, whatever drew the samples (:func:`evaluate_policy`, best-of-n)."""
-    gold, gold_sem = mean_sem(world.gold.gold_reward(decode_completions(world.tokenizer, completion_ids)))
+    gold, gold_sem = mean_sem(world.gold.gold_reward(completion_ids))  # ids: a cut-off sample counts as one
     return {"gold_reward": gold, "gold_reward_sem": gold_sem,
             "eos_rate": eos_rate(completion_ids, world.tokenizer.eos_token_id),
             "length": sum(len(x) for x in completion_ids) / len(completion_ids)}

@@ -1,0 +1,77 @@
+"""Choose the gold judge's rules by measurement, on the *validation* movies' real reviews (never the test movies).
+
+    .venv/bin/python scripts/judge_design.py            # about 1 min on 2 cores
+
+For each candidate (bound A, fluency weight lambda, fluency floor quantile q) it prints, on validation reviews:
+- the stuffing test: the mean reward of real reviews with the sentiment judge's 10 most positive words appended,
+  against the 90th percentile of real fresh reviews (the stuffed mean must not exceed it);
+- the accuracy of the reward's sign on the real fresh/rotten labels;
+- |Spearman(reward, length in words)|.
+It also prints the designs the issue ruled out (probability-scaled, mean- and sqrt-length-normalised), measured the
+same way. The floor is a quantile of the validation reviews' fluency (the reader, the base model, was pretrained on
+the training reviews, so they read likelier than any new review). pref_lab.assets.RATER records the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from pref_lab.assets import spearman, stuffed
+from pref_lab.config import data_path
+from pref_lab.data import load_corpus
+from pref_lab.judge import WORD_RE, BagOfWordsJudge, GoldJudge, RaterRules, text_features
+from pref_lab.models import load_tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sentiment = BagOfWordsJudge.load(data_path("judges", "gold"))
+    reader = GPT2LMHeadModel.from_pretrained(str(data_path("models", "base")))
+    probe = GoldJudge(sentiment, reader, load_tokenizer(data_path("tokenizer")), RaterRules(1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    val = load_corpus(split="val", kind="review")
+    texts, labels = val["text"], val["label"]
+    fresh = torch.tensor([y == "fresh" for y in labels])
+    top = [w for w, _ in sentiment.top_features(len(sentiment.vocab))[0] if " " not in w][:10]
+    stuffed_texts = [stuffed(t, top) for t in texts]
+    words = [len(WORD_RE.findall(t.lower())) for t in texts]
+    s, s_stuffed = sentiment.score(texts), sentiment.score(stuffed_texts)
+    f, f_stuffed = probe.fluency(texts, [True] * len(texts)), probe.fluency(stuffed_texts, [True] * len(texts))
+    print(f"validation reviews: {len(texts)}; stuffing words: {' '.join(top)}")
+    print(f"sentiment logit S: real mean {s.mean():+.2f}, stuffed mean {s_stuffed.mean():+.2f} "
+          f"(gain {(s_stuffed - s).mean():+.2f})")
+
+    def report(name: str, real: torch.Tensor, stuffed_reward: torch.Tensor) -> None:
+        p90 = torch.quantile(real[fresh], 0.9).item()
+        accuracy = ((real > 0) == fresh).float().mean().item()
+        verdict = "passes" if stuffed_reward.mean().item() <= p90 else "FAILS"
+        print(f"{name:44s} stuffed {stuffed_reward.mean():+6.2f} vs fresh p90 {p90:+6.2f} ({verdict}); "
+              f"accuracy {accuracy:.3f}; |rho(len)| {abs(spearman(real.tolist(), words)):.3f}")
+
+    print("-- ruled-out designs")
+    report("probability sigma(S)", torch.sigmoid(s), torch.sigmoid(s_stuffed))
+    for norm, name in ((lambda n: n, "mean"), (math.sqrt, "sqrt-length")):
+        def normalised(batch, norm=norm):
+            return torch.tensor([sentiment.bias + sum(sentiment.weights[sentiment.index[x]].item()
+                                                      for x in text_features(t) if x in sentiment.index)
+                                 / norm(max(1, len(text_features(t)))) for t in batch])
+        report(f"{name}-normalised weights", normalised(texts), normalised(stuffed_texts))
+    print("-- bounded sentiment A tanh(S/A) - min(lambda max(0, F0 - F), 6)")
+    for bound in (2.0, 3.0, 4.0):
+        for weight in (1.0, 2.0, 4.0):
+            for q in (0.05, 0.1):
+                floor = torch.quantile(f, q).item()
+
+                def reward(sent, flu, bound=bound, weight=weight, floor=floor):
+                    return bound * torch.tanh(sent / bound) - (weight * (floor - flu).clamp(min=0)).clamp(max=6.0)
+                report(f"A={bound:g} lambda={weight:g} floor=q{q:g} ({floor:.2f})", reward(s, f), reward(s_stuffed, f_stuffed))
+
+
+if __name__ == "__main__":
+    main()
