@@ -56,6 +56,7 @@ from .models import (
     save_model,
     train_tokenizer,
 )
+from .oracle import feature_oracle
 from .preferences import bayes_ceiling, make_pairs
 from .pretrain import bigram_perplexity, pretrain, stream_perplexity, token_stream, unigram_perplexity
 from .reward_model import agreement_with_gold_order, evaluate_pairs, init_reward_model, train_reward_model
@@ -109,7 +110,7 @@ RECIPES = {
         "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True,
                         "rm_extra_completions_per_prompt": 16},
         "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
-               "extra_pairs": True},
+               "extra_pairs": True, "oracle_l2_grid": [1e-4, 3e-5, 1e-5, 3e-6, 1e-6]},
         "rewardbench": {"sizes": None},  # None: pref_lab.rewardbench.BENCHMARK_SIZES
         # Offline DPO (scripts/dpo_beta_sweep.py sweeps beta with the same recipe): a fixed number of steps, well under
         # one epoch of the shipped pairs. Measured on an earlier world with 2.5k pairs: a second epoch memorised the
@@ -129,7 +130,8 @@ RECIPES = {
                 "max_new_tokens": 8},
         "preferences": {"completions_per_prompt": 3, "max_new_tokens": 8, "temperature": 1.0, "max_movies": 4,
                         "rm_extra_pairs": True, "rm_extra_completions_per_prompt": 4},
-        "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True},
+        "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True,
+               "oracle_l2_grid": [1e-3]},
         "rewardbench": {"sizes": {"fresh-vs-rotten": 4, "review-vs-plot": 2, "negation": 2, "length-trap": 2,
                                   "off-topic": 2, "plot-asked": 2, "repetition": 2, "word-salad": 2}},
         "dpo": {"beta": 0.1, "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": False,
@@ -419,6 +421,9 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     if r.get("extra_pairs"):
         train += D.read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
     test = D.read_jsonl(out / "preferences" / "test.jsonl")
+    # the data-limited ceiling first: the gold judge's own model form fit on the same pairs (pref_lab.oracle)
+    oracle = feature_oracle(GoldJudge.load(out / "judges" / "gold"), train, test, r["oracle_l2_grid"], seed=seed)
+    print(f"[rm] feature oracle: {json.dumps(oracle)}", flush=True)
     rm = init_reward_model(out / "models" / "sft", seed)
     history = train_reward_model(rm, tokenizer, train, steps=r["steps"], prompts_per_step=r["prompts_per_step"], lr=r["lr"],
                                  center_coef=r["center_coef"], seed=seed, eval_every=r["eval_every"], progress=progress,
@@ -431,7 +436,8 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     metrics = {"test_accuracy": round(result["accuracy"], 4), "test_bayes_ceiling": round(bayes_ceiling(p), 4),
                "gold_judge_test_accuracy": round((p > 0.5).float().mean().item(), 4),
                "agreement_with_gold_order": round(agreement_with_gold_order(result["chosen"], result["rejected"], test), 4),
-               "test_pairs": len(test), "train_pairs": len(train)}
+               "test_pairs": len(test), "train_pairs": len(train), "feature_oracle": oracle,
+               "gap_to_feature_oracle": round(oracle["test_accuracy"] - result["accuracy"], 4)}
     record(out, "rm", r, seed, out / "models" / "rm", metrics, time.time() - start)
 
 

@@ -220,8 +220,8 @@ class GoldJudge:
         context are read up to it. A text with no token at all (empty and unfinished) gets -inf."""
         eos = self.tokenizer.eos_token_id
         limit = self.reader.config.n_positions - 1
-        ids = [(self.tokenizer(t, add_special_tokens=False)["input_ids"] + ([eos] if f else []))[:limit]
-               for t, f in zip(texts, finished)]
+        tokens = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
+        ids = [(t + ([eos] if f else []))[:limit] for t, f in zip(tokens, finished)]
         out = torch.full((len(ids),), -math.inf)
         order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))  # similar lengths batched
         for start in range(0, len(order), batch_size):

@@ -49,7 +49,8 @@ def text_table(judge: GoldJudge, pairs: Sequence[Mapping]) -> tuple[dict, torch.
         for f in text_features(y):
             if f in vocab:
                 rows.append(i), cols.append(vocab[f])
-    phi = torch.sparse_coo_tensor([rows, cols], torch.ones(len(rows)), (len(texts), len(vocab))).coalesce()
+    phi = torch.sparse_coo_tensor([rows, cols], torch.ones(len(rows)), (len(texts), len(vocab)),
+                                  check_invariants=True).coalesce()
     pair_rows = torch.tensor([[index[(p["prompt"], c)], index[(p["prompt"], r)]] for p, c, r in zip(pairs, chosen, rejected)])
     return index, phi, known, pair_rows
 

@@ -10,7 +10,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import pref_lab.online as online
-from pref_lab.models import generate
+from pref_lab.models import completion_texts, generate
 from pref_lab.online import (
     OnlineDPOConfig,
     distribution_shift,
@@ -108,7 +108,7 @@ def test_loop_trains_on_the_pair_the_judge_prefers(tokenizer, policy, monkeypatc
     real_tokenize = online.tokenize_completions
 
     def spy_tokenize(tok, prompts, completions, **kwargs):
-        batches.append((list(prompts), [tok.decode(c, skip_special_tokens=True).strip() for c in completions]))
+        batches.append((list(prompts), completion_texts(tok, completions)))  # what the judge read (cut-off: Unfinished)
         return real_tokenize(tok, prompts, completions, **kwargs)
 
     monkeypatch.setattr(online, "tokenize_completions", spy_tokenize)
