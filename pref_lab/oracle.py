@@ -79,10 +79,9 @@ def fit(phi: torch.Tensor, known: torch.Tensor, pair_rows: torch.Tensor, bound: 
     return {k: v.detach() for k, v in params.items()}
 
 
-def accuracy(params: dict, judge: GoldJudge, pairs: Sequence[Mapping]) -> float:
-    """Strict accuracy (r_c > r_r) of the oracle on ``pairs``, measured against their (noisy) labels."""
-    _, phi, known, pair_rows = text_table(judge, pairs)
-    r = oracle_rewards(params, phi, known, judge.rules.bound)
+def accuracy(params: dict, phi: torch.Tensor, known: torch.Tensor, pair_rows: torch.Tensor, bound: float) -> float:
+    """Strict accuracy (r_c > r_r) of the oracle on the pairs ``pair_rows`` of a table, against their (noisy) labels."""
+    r = oracle_rewards(params, phi, known, bound)
     return (r[pair_rows[:, 0]] > r[pair_rows[:, 1]]).float().mean().item()
 
 
@@ -91,19 +90,20 @@ def feature_oracle(judge: GoldJudge, train_pairs: Sequence[Mapping], test_pairs:
                    seed: int = 0) -> dict:
     """Choose ``l2`` on the pairs of a held-out ``holdout`` share of the training prompts, refit on all training
     pairs, report test accuracy. Returns ``l2``, ``validation`` (accuracy per l2), ``test_accuracy``, ``known``
-    (the learned a, m, c next to the judge's own)."""
+    (the learned a, m, c next to the judge's own). Every text is read by the judge once."""
     prompts = sorted({p["prompt"] for p in train_pairs})
     held = set(random.Random(seed).sample(prompts, max(1, int(holdout * len(prompts)))))
-    fit_pairs = [p for p in train_pairs if p["prompt"] not in held]
-    val_pairs = [p for p in train_pairs if p["prompt"] in held]
-    _, phi, known, rows = text_table(judge, fit_pairs)
-    validation = {l2: accuracy(fit(phi, known, rows, judge.rules.bound, l2), judge, val_pairs) for l2 in l2_grid}
+    _, phi, known, rows = text_table(judge, list(train_pairs) + list(test_pairs))
+    train_rows, test_rows = rows[:len(train_pairs)], rows[len(train_pairs):]
+    is_held = torch.tensor([p["prompt"] in held for p in train_pairs])
+    bound = judge.rules.bound
+    validation = {l2: accuracy(fit(phi, known, train_rows[~is_held], bound, l2), phi, known, train_rows[is_held], bound)
+                  for l2 in l2_grid}
     best = max(l2_grid, key=lambda l2: validation[l2])
-    _, phi, known, rows = text_table(judge, train_pairs)
-    params = fit(phi, known, rows, judge.rules.bound, best)
+    params = fit(phi, known, train_rows, bound, best)
     rules = judge.rules
     return {"l2": best, "validation": {str(k): round(v, 4) for k, v in validation.items()},
-            "validation_pairs": len(val_pairs), "train_pairs": len(train_pairs),
-            "test_accuracy": round(accuracy(params, judge, test_pairs), 4),
+            "validation_pairs": int(is_held.sum()), "train_pairs": len(train_pairs),
+            "test_accuracy": round(accuracy(params, phi, known, test_rows, bound), 4),
             "known": {"learned": [round(x, 3) for x in params["known"].tolist()],
                       "judge": [rules.fluency_weight, rules.repetition_weight, rules.unfinished_penalty]}}

@@ -16,6 +16,10 @@ always gives the same point.
 The one rule for held-out prompts (:func:`heldout_prompts`): every template of
 :data:`pref_lab.sft.REVIEW_INSTRUCTIONS` for every test-split movie, in one fixed shuffled order; a run that
 needs ``n`` prompts takes the first ``n``, so smaller sets are nested in larger ones.
+
+Settings (learning rates, steps, betas) are chosen on **development** prompts instead (:func:`dev_prompts`: the
+same rule on the *train-split* movies, whose prompts no policy trains on), so the held-out numbers a notebook
+reports were never used to choose anything.
 """
 
 from __future__ import annotations
@@ -67,16 +71,22 @@ class World:
     source: str = "<in-memory>"
 
 
-def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
+def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None, split: str = "test") -> list[str]:
     """The first ``n`` (all if None) held-out review prompts, chat-formatted, in the one fixed order (module docstring).
 
     Made from the corpus, so they do not depend on which samples ``preferences/test.jsonl`` kept; they are that
-    file's prompts.
+    file's prompts. ``split="train"`` gives the development prompts (:func:`dev_prompts`).
     """
-    movies = sorted({r["movie_title"] for r in corpus_rows if r["split"] == "test"})
+    movies = sorted({r["movie_title"] for r in corpus_rows if r["split"] == split})
     prompts = [format_prompt(tokenizer, template.format(title=title)) for title in movies for template in REVIEW_INSTRUCTIONS]
     random.Random(HELDOUT_ORDER_SEED).shuffle(prompts)
     return prompts[:n]
+
+
+def dev_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
+    """The first ``n`` development prompts: review instructions for *train-split* movies, by the held-out rule.
+    Tune on these; report on :func:`heldout_prompts`. (Policies train on validation-movie prompts.)"""
+    return heldout_prompts(corpus_rows, tokenizer, n, split="train")
 
 
 def load_world(assets: str | Path | None = None, n_prompts: int = N_EVAL_PROMPTS, device: str | torch.device | None = None,
@@ -104,24 +114,36 @@ def mean_sem(x) -> tuple[float, float]:
     return x.mean().item(), sem
 
 
-def score_samples(world: World, completion_ids: Sequence[torch.Tensor]) -> dict:
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and *paired* standard error of a - b, for two policies measured on the same prompts (with the same
+    sampling seed): the s.e. of the per-prompt differences, smaller than combining two independent s.e.'s whenever
+    the prompts' difficulty is shared."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired values must have the same, non-zero length, got {len(a)} and {len(b)}")
+    return mean_sem(torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64))
+
+
+def score_samples(world: World, completion_ids: Sequence[torch.Tensor], per_prompt: bool = False) -> dict:
     """Gold reward (mean and s.e.), EOS rate and mean length of given samples: what every point reports next to
-    its gold reward, whatever drew the samples (:func:`evaluate_policy`, best-of-n)."""
-    gold, gold_sem = mean_sem(world.gold.gold_reward(completion_ids))  # ids: a cut-off sample counts as one
-    return {"gold_reward": gold, "gold_reward_sem": gold_sem,
+    its gold reward, whatever drew the samples (:func:`evaluate_policy`, best-of-n). ``per_prompt`` adds
+    ``gold_rewards``, the list of each sample's gold reward (for :func:`paired_difference`)."""
+    rewards = world.gold.gold_reward(completion_ids)  # ids: a cut-off sample is judged as one
+    gold, gold_sem = mean_sem(rewards)
+    return {"gold_reward": gold, "gold_reward_sem": gold_sem, **({"gold_rewards": rewards.tolist()} if per_prompt else {}),
             "eos_rate": eos_rate(completion_ids, world.tokenizer.eos_token_id),
             "length": sum(len(x) for x in completion_ids) / len(completion_ids)}
 
 
 @torch.no_grad()
 def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = None, *,
-                    max_new_tokens: int = MAX_NEW_TOKENS, seed: int = EVAL_SEED) -> dict:
+                    max_new_tokens: int = MAX_NEW_TOKENS, seed: int = EVAL_SEED, per_prompt: bool = False) -> dict:
     """Measure ``policy`` on the world's held-out prompts (module docstring): one sample per prompt.
 
     ``reference``: the model the KL is measured against (default: the world's SFT model), on the policy's device.
     Returns ``gold_reward``, ``kl`` (each with its standard error ``*_sem`` over prompts), ``kl_kind`` ("sampled"),
     ``rm_score`` (the proxy's view of the same samples; NaN without a reward model), ``eos_rate``, ``length`` (mean
-    completion tokens, EOS included) and ``samples`` (how many were drawn). Modes are restored after.
+    completion tokens, EOS included) and ``samples`` (how many were drawn); with ``per_prompt`` also
+    ``gold_rewards`` (one per prompt, for :func:`paired_difference`). Modes are restored after.
     """
     reference = world.sft if reference is None else reference
     device = same_device(policy=policy, reference=reference)
@@ -138,11 +160,12 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
             batch = {k: v.to(device) for k, v in batch.items()}
             kl.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
     kl_mean, kl_sem = mean_sem(require_finite(torch.cat(kl), "evaluate_policy: sequence KL of the samples"))
-    scores = score_samples(world, ids)
+    scores = score_samples(world, ids, per_prompt)
     rm = score_texts(world.reward_model, tokenizer, prompts, ids).mean().item() if world.reward_model is not None else math.nan
     return {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,
             "kl_sem": kl_sem, "kl_kind": "sampled", "rm_score": rm, "eos_rate": scores["eos_rate"],
-            "length": scores["length"], "samples": len(ids)}
+            "length": scores["length"], "samples": len(ids),
+            **({"gold_rewards": scores["gold_rewards"]} if per_prompt else {})}
 
 
 def sft_point(world: World, **settings) -> dict:

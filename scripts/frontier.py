@@ -128,9 +128,11 @@ CONFIGS = {
     "full": {
         "seed": 0, "max_new_tokens": MAX_NEW_TOKENS,
         "eval": {"prompts": 256, "seed": EVAL_SEED},
-        # PPO: PPOConfig's tuned defaults (lr 3e-4, 2 epochs of minibatches of 16), run 3x longer than notebook 06
-        "ppo": {"kl_coefs": [0.01, 0.03, 0.1, 0.3], "steps": 36, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 2,
-                "lr": 3e-4, "missing_eos_penalty": None, "eval_every": 6},
+        # PPO: PPOConfig's defaults (chosen on development prompts by scripts/tune_ppo.py), run 3x longer than
+        # notebook 06, over a range of kl_coefs
+        "ppo": {"kl_coefs": [0.01, 0.03, 0.1, 0.3], "steps": 36, "batch_size": PPOConfig.batch_size,
+                "minibatch_size": PPOConfig.minibatch_size, "ppo_epochs": PPOConfig.ppo_epochs, "lr": PPOConfig.lr,
+                "missing_eos_penalty": PPOConfig.missing_eos_penalty, "eval_every": 6},
         "dpo": {"betas": [0.03, 0.1, 0.3, 1.0], "steps": 100, "batch_size": 32, "lr": 1e-4, "precompute_ref_logps": False,
                 "eval_every": 20},
         # online DPO: the same gradient steps, pairs per step and learning rate as offline DPO (the shipped recipe)

@@ -25,6 +25,8 @@ def test_gold_judge_accuracy_on_test_movies(gold):
     assert accuracy > majority + 0.15
     recorded = json.loads(config.data_path("manifest.json").read_text())["assets"]["judge_gold"]["metrics"]
     assert accuracy == pytest.approx(recorded["test_accuracy"], abs=1e-4)
+    assert gold.sentiment.accuracy(test["text"], test["label"]) == pytest.approx(recorded["sentiment_test_accuracy"],
+                                                                                 abs=1e-4)
 
 
 @pytest.mark.shipped  # reads the shipped data/
@@ -43,19 +45,23 @@ def test_gold_judge_is_monotonic_on_clear_cases(gold):
 
 @pytest.mark.shipped  # reads the shipped data/
 def test_gold_judge_speed(gold):
-    # scoring is a pure-Python loop of dictionary look-ups: it runs on one core whatever torch's threads
-    texts = load_corpus(split="test", kind="review")["text"][:1000]
+    # sentiment is a pure-Python loop of dictionary look-ups; the reader is one forward pass of the tiny base model
+    texts = load_corpus(split="test", kind="review")["text"][:500]
+    start = time.perf_counter()
+    gold.sentiment.score(texts)
+    assert len(texts) / (time.perf_counter() - start) >= 1000
     start = time.perf_counter()
     gold.gold_reward(texts)
-    assert len(texts) / (time.perf_counter() - start) >= 1000
+    assert len(texts) / (time.perf_counter() - start) >= 50  # a 256-prompt evaluation is scored in seconds
 
 
 @pytest.mark.shipped  # reads the shipped data/
-def test_logit_is_bias_plus_sum_of_present_weights(gold):
+def test_sentiment_logit_is_bias_plus_sum_of_present_weights(gold):
     text = "not good, not good at all"
-    feats = [f for f in text_features(text) if f in gold.index]
-    expected = gold.bias + sum(gold.weights[gold.index[f]].item() for f in feats)
-    assert gold.gold_reward([text]).item() == pytest.approx(expected, abs=1e-5)
+    sentiment = gold.sentiment
+    feats = [f for f in text_features(text) if f in sentiment.index]
+    expected = sentiment.bias + sum(sentiment.weights[sentiment.index[f]].item() for f in feats)
+    assert gold.rate([text])["sentiment"].item() == pytest.approx(expected, abs=1e-5)
     assert "not good" in text_features(text)  # bigrams let the judge see simple negation
 
 

@@ -100,3 +100,14 @@ def test_the_oracle_learns_the_judge_from_noisy_pairs(judge):
     _, phi, known, rows = text_table(judge, train)
     w = fit(phi, known, rows, judge.rules.bound, 1e-4)["w"]
     assert w[0] > w[2] > w[1]  # a > c > b, as the judge weighs them
+
+
+def test_paired_difference_is_the_standard_error_of_the_per_prompt_differences():
+    from pref_lab.world import paired_difference
+
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 2.5, 3.0]
+    mean, sem = paired_difference(a, b)
+    diffs = [0.5, 1.0, 0.5, 1.0]  # mean 0.75, sample std 0.2887, s.e. 0.1443
+    assert mean == pytest.approx(0.75) and sem == pytest.approx((sum((d - 0.75) ** 2 for d in diffs) / 3) ** 0.5 / 2)
+    with pytest.raises(ValueError, match="same, non-zero length"):
+        paired_difference([1.0], [1.0, 2.0])
