@@ -51,7 +51,6 @@ from .models import (
     decode_completions,
     format_prompt,
     generate,
-    load_model,
     load_tokenizer,
     make_config,
     save_model,
@@ -487,7 +486,9 @@ def stage_dpo(out: Path, recipe: dict, progress: bool) -> None:
     config = json.loads((folder / "config.json").read_text())
     config["dtype"] = "float32"
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    shipped = load_model(folder, model_device(world.sft))
+    # the weights just written, loaded back as a user will (fp16 upcast); not load_model, whose manifest checksum
+    # still describes the previous checkpoint until record() below
+    shipped = GPT2LMHeadModel.from_pretrained(str(folder)).to(model_device(world.sft)).eval()
     rewards = implicit_rewards(shipped, world.sft, world.tokenizer, *benchmark_rows(test), r["beta"])
     correct = pairwise_correct(rewards[: len(test)], rewards[len(test):])
     is_correct = {(x["prompt"], x["chosen"], x["rejected"]): bool(c) for x, c in zip(test, correct.tolist())}

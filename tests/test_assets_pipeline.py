@@ -20,12 +20,20 @@ def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     assets.build(out, scale="mini", raw=raw, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["assets"]) == {"corpus", "tokenizer", "base", "judge_gold", "judge_task", "sft", "preferences", "rm",
-                                       "rewardbench", "dpo"}
+                                       "oracle", "rewardbench", "dpo"}
+    assert manifest["assets"]["oracle"]["files"] == {}  # a measurement: no file of its own
+    assert {"test_accuracy", "l2", "validation"} <= set(manifest["assets"]["oracle"]["metrics"])
+    assert (out / "judges" / "gold" / "rater.json").exists()  # the gold judge's rules and its reader's checksum
     for name in ("base", "sft", "rm", "dpo"):
         assert (out / "models" / name / "model.safetensors").exists()
     pairs = read_jsonl(out / "preferences" / "train.jsonl")
     validate_records(pairs, "preference", "train.jsonl")
-    assert {"gold_chosen", "gold_rejected", "p_chosen"} <= set(pairs[0])
+    assert {"gold_chosen", "gold_rejected", "p_chosen", "chosen_finished", "rejected_finished"} <= set(pairs[0])
+    counts = manifest["assets"]["preferences"]["metrics"]["train"]
+    marked = {(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected") if not p[f"{side}_finished"]}
+    assert counts["pairs_with_an_unfinished_side"] == sum(not (p["chosen_finished"] and p["rejected_finished"])
+                                                          for p in pairs)
+    assert len(marked) <= counts["unfinished_samples"]  # cut-off samples are kept and marked, not dropped
     # the reward model's extra pairs (train-split movies) are gzipped, valid, and counted in the RM's training set
     extra = read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
     validate_records(extra, "preference", "rm_extra.jsonl.gz")
@@ -33,7 +41,7 @@ def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     train_movies = set(load_corpus(path=out / "corpus" / "corpus.jsonl", split="train")["movie_title"])
     train_prompts = {format_prompt(tokenizer, t.format(title=m)) for m in train_movies for t in REVIEW_INSTRUCTIONS}
     assert extra and {p["prompt"] for p in extra} <= train_prompts
-    # rm_extra samples more completions per prompt than train.jsonl (4 vs 3 at mini scale): up to 6 pairs a prompt
+    # rm_extra samples 4 completions per prompt at mini scale (3 for train.jsonl): up to 6 pairs a prompt
     per_prompt = Counter(p["prompt"] for p in extra)
     assert max(per_prompt.values()) > 3 and max(per_prompt.values()) <= 6
     assert manifest["assets"]["rm"]["metrics"]["train_pairs"] == len(pairs) + len(extra)

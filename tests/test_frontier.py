@@ -210,3 +210,14 @@ def test_notebook_11_shows_the_numbers_of_the_shipped_file(shipped):
         line = (f"{run['name']:<24} gold {final['gold_reward']:+.3f} ± {final['gold_reward_sem']:.3f}   "
                 f"kl {final['kl']:7.3f} ({final['kl_kind']})   rm {final['rm_score']:+.3f}")
         assert line in printed, f"notebook 11 does not show {run['name']} as in {SHIPPED.name}: re-execute it"
+
+
+@pytest.mark.shipped  # reads the shipped data/
+def test_no_run_wins_with_degenerate_text(shipped):
+    """Each run's best-gold point finishes its texts (EOS rate >= 0.9) at a length near the SFT model's: a policy
+    whose text degenerates loses gold reward (over-optimisation) instead of winning with it."""
+    sft_length = shipped["sft"]["length"]
+    for run in shipped["runs"]:
+        best = max(run["curve"], key=lambda point: point["gold_reward"])
+        assert best["eos_rate"] >= 0.9, (run["name"], best["step"], best["eos_rate"])
+        assert 0.6 * sft_length <= best["length"] <= 1.4 * sft_length, (run["name"], best["length"], sft_length)

@@ -22,7 +22,7 @@ def test_shipped_file_matches_manifest(asset, path, entry):
 
 
 def test_every_asset_has_recipe_seed_and_metrics():
-    for name in ("corpus", "tokenizer", "base", "judge_gold", "judge_task", "sft", "preferences", "rm"):
+    for name in ("corpus", "tokenizer", "base", "judge_gold", "judge_task", "sft", "preferences", "rm", "oracle"):
         asset = MANIFEST["assets"][name]
         assert asset["metrics"] and "seed" in asset and "recipe" in asset, name
 
