@@ -107,7 +107,7 @@ RECIPES = {
                    "rater": RATER},
         "sft": {"steps": 800, "batch_size": 32, "lr": 1e-3, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
-        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 64, "temperature": 1.0, "rm_extra_pairs": True,
+        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 48, "temperature": 1.0, "rm_extra_pairs": True,
                         "rm_extra_completions_per_prompt": 4},
         "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
                "extra_pairs": True},
