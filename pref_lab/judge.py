@@ -10,7 +10,9 @@ The **gold judge** plays "the human" of the course. It reads a text the way a ra
                                                    the text finished)
     rho(y)                                        repetition: share of word bigrams that repeat an earlier one
 
-    r_gold(y) = A tanh(S/A)                       bounded: piling up positive words saturates
+    r_gold(y) = A tanh(n/(n + n0) S/A)            bounded: piling up positive words saturates; a blurb of n
+                                                   words convinces less than a review
+                - b max(0, L0 - n)                 too short to be a review
                 - min(lambda max(0, F0 - F), P)   a list of words is not a review: below the floor F0 (a low
                                                    percentile of real validation reviews) every nat costs lambda
                 - mu rho                          saying it again does not count twice
@@ -160,6 +162,8 @@ class RaterRules:
     ``max_fluency_penalty``: the most that (dis)fluency can cost (keeps the reward bounded below).
     ``repetition_weight`` μ: reward lost per unit of repeated word bigrams (0 = none repeated, 0.5 = said twice).
     ``unfinished_penalty`` c: reward lost by a text that never ended (no EOS): a rater dislikes a cut-off review.
+    ``evidence_words`` n0: a text of n words convinces by n/(n + n0) of its sentiment (a blurb says less than a review).
+    ``min_words`` L0 and ``brevity_weight`` b: each word short of L0 costs b (too short to be a review).
     """
 
     bound: float
@@ -168,6 +172,9 @@ class RaterRules:
     max_fluency_penalty: float
     repetition_weight: float
     unfinished_penalty: float
+    evidence_words: float = 0.0
+    min_words: float = 0.0
+    brevity_weight: float = 0.0
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -242,8 +249,9 @@ class GoldJudge:
     def rate(self, completions: Sequence) -> dict[str, torch.Tensor]:
         """Every term of the gold reward, each of shape (N,) (module docstring):
 
-        ``sentiment`` S (the word-weight logit), ``fluency`` F, ``repetition`` ρ, ``finished`` (1/0), and
-        ``reward`` = A·tanh(S/A) − min(λ·max(0, F0 − F), max_fluency_penalty) − μ·ρ − c·[not finished].
+        ``sentiment`` S (the word-weight logit), ``fluency`` F, ``repetition`` ρ, ``finished`` (1/0), ``words`` n, and
+        ``reward`` = A·tanh(n/(n + n0)·S/A) − min(λ·max(0, F0 − F), max_fluency_penalty) − μ·ρ − c·[not finished]
+        − b·max(0, L0 − n).
         """
         texts, flags = self._texts(completions)
         r = self.rules
@@ -251,11 +259,15 @@ class GoldJudge:
         fluency = self.fluency(texts, flags)
         rep = torch.tensor([repetition(t) for t in texts])
         done = torch.tensor(flags, dtype=torch.float32)
+        words = torch.tensor([len(WORD_RE.findall(t.lower())) for t in texts], dtype=torch.float32)
+        evidence = words / (words + r.evidence_words) if r.evidence_words else torch.ones_like(words)
+        brevity = r.brevity_weight * (r.min_words - words).clamp(min=0)
         below = (r.fluency_floor - fluency).clamp(min=0)  # nats below the floor (inf for a text with no token at all)
         disfluency = (r.fluency_weight * below).clamp(max=r.max_fluency_penalty) if r.fluency_weight else torch.zeros_like(below)
-        reward = (r.bound * torch.tanh(sentiment / r.bound) - disfluency - r.repetition_weight * rep
-                  - r.unfinished_penalty * (1 - done))
-        return {"sentiment": sentiment, "fluency": fluency, "repetition": rep, "finished": done, "reward": reward}
+        reward = (r.bound * torch.tanh(evidence * sentiment / r.bound) - disfluency - r.repetition_weight * rep
+                  - r.unfinished_penalty * (1 - done) - brevity)
+        return {"sentiment": sentiment, "fluency": fluency, "repetition": rep, "finished": done, "words": words,
+                "reward": reward}
 
     def gold_reward(self, completions: Sequence) -> torch.Tensor:
         """Gold reward r_gold(y) of each completion, shape (N,); higher = what the human prefers.

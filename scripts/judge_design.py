@@ -25,7 +25,7 @@ import math
 import torch
 from transformers import GPT2LMHeadModel
 
-from pref_lab.assets import spearman, stuffed
+from pref_lab.assets import blurbs, spearman, stuffed
 from pref_lab.config import data_path
 from pref_lab.data import load_corpus, pair_completions, read_jsonl
 from pref_lab.judge import WORD_RE, BagOfWordsJudge, GoldJudge, RaterRules, load_gold_judge, text_features
@@ -90,9 +90,7 @@ def brevity(args) -> None:
     top = [w for w, _ in gold.top_features(len(gold.sentiment.vocab))[0] if " " not in w][:10]
     pairs = read_jsonl(data_path("preferences", "train.jsonl"))
     samples = list(dict.fromkeys(pair_completions(pairs, "chosen") + pair_completions(pairs, "rejected")))
-    blurbs = ([f"A {a}, {b} and {c} film." for a, b, c in zip(top[0::3], top[1::3], top[2::3])]
-              + [f"{a.capitalize()} and {b}." for a, b in zip(top, top[1:])])
-    sets = {"val": texts, "stuffed": [stuffed(t, top) for t in texts], "sft": samples, "blurbs": blurbs}
+    sets = {"val": texts, "stuffed": [stuffed(t, top) for t in texts], "sft": samples, "blurbs": blurbs(top)}
     rates = {k: gold.rate(v) for k, v in sets.items()}
     n = {k: torch.tensor([len(WORD_RE.findall(t.lower())) for t in v], dtype=torch.float) for k, v in sets.items()}
     rules = gold.rules

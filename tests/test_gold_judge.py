@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from pref_lab import config
-from pref_lab.assets import spearman, stuffed
+from pref_lab.assets import blurbs, spearman, stuffed
 from pref_lab.data import load_corpus, pair_completions, read_jsonl
 from pref_lab.judge import WORD_RE, BagOfWordsJudge, GoldJudge, RaterRules, load_gold_judge, repetition
 from pref_lab.models import Unfinished, completion_texts
@@ -17,7 +17,7 @@ from pref_lab.models import Unfinished, completion_texts
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RULES = RaterRules(bound=2.0, fluency_floor=-2.5, fluency_weight=3.0, max_fluency_penalty=4.0,
-                   repetition_weight=1.5, unfinished_penalty=0.75)
+                   repetition_weight=1.5, unfinished_penalty=0.75, evidence_words=3.0, min_words=4.0, brevity_weight=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +52,16 @@ def test_every_term_matches_a_hand_computation(tiny):
         f = hand_fluency(tiny, str(text), finished)
         assert rating["sentiment"][i].item() == pytest.approx(s, abs=1e-5)
         assert rating["fluency"][i].item() == pytest.approx(f, abs=1e-4)
-        expected = (2.0 * math.tanh(s / 2.0) - min(3.0 * max(0.0, -2.5 - f), 4.0) - 1.5 * repetition(text)
-                    - 0.75 * (not finished))
+        n = len(words)
+        expected = (2.0 * math.tanh(n / (n + 3.0) * s / 2.0) - min(3.0 * max(0.0, -2.5 - f), 4.0)
+                    - 1.5 * repetition(text) - 0.75 * (not finished) - 0.5 * max(0, 4 - n))
         assert rating["reward"][i].item() == pytest.approx(expected, abs=1e-4)
         assert rating["finished"][i].item() == float(finished)
 
 
 def test_a_cut_off_text_is_worse_than_the_same_text_finished(tiny):
     texts = ["a b", "c d e", "a", "b c d e f"]
-    no_fluency = GoldJudge(tiny.sentiment, tiny.reader, tiny.tokenizer, RaterRules(2.0, -1e9, 3.0, 4.0, 1.5, 0.75))
+    no_fluency = GoldJudge(tiny.sentiment, tiny.reader, tiny.tokenizer, RaterRules(2.0, -1e9, 3.0, 4.0, 1.5, 0.75, 3.0, 4.0, 0.5))
     # without the fluency term the difference is exactly the unfinished penalty
     diff = no_fluency.gold_reward(texts) - no_fluency.gold_reward([Unfinished(t) for t in texts])
     torch.testing.assert_close(diff, torch.full((4,), 0.75))
@@ -137,6 +138,16 @@ def test_piling_up_praise_words_does_not_beat_the_best_real_reviews(gold, test_r
     assert metrics["stuffed_mean_reward"] == pytest.approx(with_list.mean().item(), abs=1e-3)
     assert metrics["fresh_p90_reward"] == pytest.approx(p90, abs=1e-3)
     assert real.max().item() >= p90 and p90 > 0.6 * gold.rules.bound  # real reviews reach the top of the range
+
+
+@pytest.mark.shipped
+def test_a_blurb_of_praise_words_is_not_the_best_review(gold, test_reviews, recorded):
+    real = gold.gold_reward(test_reviews["text"])
+    p90 = torch.quantile(real[torch.tensor([y == "fresh" for y in test_reviews["label"]])], 0.9).item()
+    top = [w for w, _ in gold.top_features(len(gold.sentiment.vocab))[0] if " " not in w][:10]
+    short = gold.gold_reward(blurbs(top))
+    assert short.mean().item() <= p90 - 1.0, (short.mean().item(), p90)
+    assert recorded["judge_gold"]["metrics"]["blurb_mean_reward"] == pytest.approx(short.mean().item(), abs=1e-3)
 
 
 @pytest.mark.shipped

@@ -66,7 +66,8 @@ def judge(letter_tokenizer):
                                         n_head=2, eos_token_id=0, pad_token_id=1)).eval()
     sentiment = BagOfWordsJudge(["a", "b", "c", "d"], torch.tensor([1.5, -1.5, 0.5, 0.0]), 0.0, ("rotten", "fresh"))
     # a floor inside the tiny reader's range, so every term of the model form is at work
-    return GoldJudge(sentiment, reader, letter_tokenizer, RaterRules(3.0, -2.8, 2.0, 0.5, 1.5, 1.0))
+    return GoldJudge(sentiment, reader, letter_tokenizer, RaterRules(3.0, -2.8, 2.0, 0.5, 1.5, 1.0, evidence_words=2.0,
+                                                                     min_words=3.0, brevity_weight=0.25))
 
 
 def labelled_pairs(judge, n_prompts, seed):
@@ -83,14 +84,14 @@ def labelled_pairs(judge, n_prompts, seed):
 
 def test_oracle_rewards_are_the_judges_form(judge):
     gen = torch.Generator().manual_seed(0)
-    repeated = ["a b a b", "c d c d e", "a c"]  # repetition > 0: the third term is exercised too
+    repeated = ["a b a b", "c d c d e", "a c"]  # repetition > 0 (and a short text): every term is exercised
     pairs = labelled_pairs(judge, 5, 0) + make_pairs("<|user|>r<|assistant|>", repeated, judge.gold_reward(repeated), gen)
-    index, phi, known, rows = text_table(judge, pairs)
+    index, phi, known, evidence, rows = text_table(judge, pairs)
     params = {"w": judge.sentiment.weights.clone(), "bias": torch.tensor(judge.sentiment.bias),
               "known": torch.tensor([judge.rules.fluency_weight, judge.rules.repetition_weight,
-                                     judge.rules.unfinished_penalty])}
+                                     judge.rules.unfinished_penalty, judge.rules.brevity_weight])}
     texts = [y for _, y in index]
-    torch.testing.assert_close(oracle_rewards(params, phi, known, judge.rules.bound), judge.gold_reward(texts))
+    torch.testing.assert_close(oracle_rewards(params, phi, known, evidence, judge.rules.bound), judge.gold_reward(texts))
     assert (known > 0).any(0).all(), "every known term is non-zero for some text"
     assert rows.shape == (len(pairs), 2)
 
@@ -102,8 +103,8 @@ def test_the_oracle_learns_the_judge_from_noisy_pairs(judge):
     assert result["test_accuracy"] >= gold_order - 0.05  # close to the judge itself on the noisy labels
     assert set(result["validation"]) == {"0.01", "0.0001"} and result["l2"] in (1e-2, 1e-4)
     assert result["known"]["learned"][2] > 0.3  # it learned that a cut-off text loses
-    _, phi, known, rows = text_table(judge, train)
-    w = fit(phi, known, rows, judge.rules.bound, 1e-4)["w"]
+    _, phi, known, evidence, rows = text_table(judge, train)
+    w = fit(phi, known, evidence, rows, judge.rules.bound, 1e-4)["w"]
     assert w[0] > w[2] > w[1]  # a > c > b, as the judge weighs them
 
 
