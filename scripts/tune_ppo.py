@@ -47,10 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     dev_world = dataclasses.replace(world, eval_prompts=dev_prompts(read_jsonl(data_path("corpus", "corpus.jsonl")),
                                                                     world.tokenizer, N_DEV))
     train_prompts = sorted(set(load_preferences("train")["prompt"]))
+    manifest = json.loads(data_path("manifest.json").read_text())["assets"]
+    world_id = {name: manifest[asset]["files"][f"models/{name}/model.safetensors"]["sha256"]
+                for name, asset in (("sft", "sft"), ("rm", "rm"))}  # the runs are only valid for these models
     try:
         results = json.loads(open(args.out).read())
+        if results.get("world") != world_id:
+            raise SystemExit(f"{args.out} was measured with other SFT/RM weights: delete it to start over")
     except FileNotFoundError:
-        results = {"schema": "pref_lab.ppo_tuning/1", "dev_prompts": N_DEV, "min_eos_rate": MIN_EOS,
+        results = {"schema": "pref_lab.ppo_tuning/1", "world": world_id, "dev_prompts": N_DEV, "min_eos_rate": MIN_EOS,
                    "sft_dev": evaluate_policy(world.sft, dev_world), "runs": []}
     done = [r["settings"] for r in results["runs"]]
 
