@@ -17,9 +17,11 @@ The one rule for held-out prompts (:func:`heldout_prompts`): every template of
 :data:`pref_lab.sft.REVIEW_INSTRUCTIONS` for every test-split movie, in one fixed shuffled order; a run that
 needs ``n`` prompts takes the first ``n``, so smaller sets are nested in larger ones.
 
-Settings (learning rates, steps, betas) are chosen on **development** prompts instead (:func:`dev_prompts`: the
-same rule on the *train-split* movies, whose prompts no policy trains on), so the held-out numbers a notebook
-reports were never used to choose anything.
+Settings (learning rates, steps, betas) are chosen on **development** prompts instead (:func:`dev_prompts`): the
+same rule on a fixed third of the test-split movies (:data:`DEV_SHARE`), which are never held-out prompts. So
+the numbers a notebook reports were never used to choose anything, and the development movies are as unseen as
+the held-out ones: no policy trains on them, the SFT model never read their reviews, the reward model never
+scored their samples (train-split movies would fail all three: SFT data and the RM's extra pairs).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ MAX_NEW_TOKENS = 48
 EVAL_SEED = 1234  # the sampling seed of every evaluation
 EVAL_BATCH_SIZE = 64  # sampling batch (the same batches give the same samples for a seed)
 HELDOUT_ORDER_SEED = 0  # the fixed order of the held-out prompts (never a run's training seed)
+DEV_SHARE = 1 / 3  # of the test-split movies, set aside for development (tuning) prompts: 48 of the 144, 96 held out
 N_EVAL_PROMPTS = 128  # load_world's default size (notebooks 06, 08, 10, 12 use 128 on the tiny preset; the frontier 256)
 
 
@@ -71,22 +74,42 @@ class World:
     source: str = "<in-memory>"
 
 
-def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None, split: str = "test") -> list[str]:
-    """The first ``n`` (all if None) held-out review prompts, chat-formatted, in the one fixed order (module docstring).
+def _test_movies(corpus_rows: Sequence[dict], part: str) -> list[str]:
+    """The test-split movie titles of ``part``: "dev" (the first :data:`DEV_SHARE` of them, at least one, in a fixed
+    shuffled order) or "heldout" (the rest)."""
+    movies = sorted({r["movie_title"] for r in corpus_rows if r["split"] == "test"})
+    random.Random(HELDOUT_ORDER_SEED).shuffle(movies)
+    if len(movies) < 2:
+        raise ValueError(f"{len(movies)} test-split movies: need at least 2, one for development and one held out")
+    n_dev = max(1, int(len(movies) * DEV_SHARE))
+    return movies[:n_dev] if part == "dev" else movies[n_dev:]
 
-    Made from the corpus, so they do not depend on which samples ``preferences/test.jsonl`` kept; they are that
-    file's prompts. ``split="train"`` gives the development prompts (:func:`dev_prompts`).
-    """
-    movies = sorted({r["movie_title"] for r in corpus_rows if r["split"] == split})
-    prompts = [format_prompt(tokenizer, template.format(title=title)) for title in movies for template in REVIEW_INSTRUCTIONS]
+
+def _prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None, part: str) -> list[str]:
+    movies = _test_movies(corpus_rows, part)
+    prompts = [format_prompt(tokenizer, template.format(title=title)) for title in sorted(movies)
+               for template in REVIEW_INSTRUCTIONS]
+    if n is not None and not 0 < n <= len(prompts):
+        raise ValueError(f"asked for {n} {part} prompts, but there are {len(prompts)} "
+                         f"({len(movies)} movies x {len(REVIEW_INSTRUCTIONS)} templates)")
     random.Random(HELDOUT_ORDER_SEED).shuffle(prompts)
     return prompts[:n]
 
 
+def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
+    """The first ``n`` (all if None) held-out review prompts, chat-formatted, in the one fixed order (module docstring):
+    every template for every held-out test-split movie (the test movies less the development ones).
+
+    Made from the corpus, so they do not depend on which samples ``preferences/test.jsonl`` kept; they are a subset
+    of that file's prompts. Raises ``ValueError`` if ``n`` is more than there are.
+    """
+    return _prompts(corpus_rows, tokenizer, n, "heldout")
+
+
 def dev_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
-    """The first ``n`` development prompts: review instructions for *train-split* movies, by the held-out rule.
-    Tune on these; report on :func:`heldout_prompts`. (Policies train on validation-movie prompts.)"""
-    return heldout_prompts(corpus_rows, tokenizer, n, split="train")
+    """The first ``n`` development prompts: the same rule on the :data:`DEV_SHARE` of development movies, disjoint
+    from :func:`heldout_prompts`. Tune on these; report on the held-out ones."""
+    return _prompts(corpus_rows, tokenizer, n, "dev")
 
 
 def load_world(assets: str | Path | None = None, n_prompts: int = N_EVAL_PROMPTS, device: str | torch.device | None = None,

@@ -1,12 +1,13 @@
-"""Choose PPO's settings on the *development* prompts (train-split movies), never on the held-out ones.
+"""Choose PPO's settings on the *development* prompts (:func:`pref_lab.world.dev_prompts`), never on the held-out ones.
 
-    .venv/bin/python scripts/tune_ppo.py --threads 2      # about 6 runs, a few minutes each on 2 cores
+    .venv/bin/python scripts/tune_ppo.py --threads 2      # 8 runs, about a minute or two each on 2 cores
 
 Each run trains PPO from the SFT model on the training prompts (the reward model's validation-movie prompts), with
 PPOConfig's defaults except the grid's settings, and measures the policy on 128 development prompts with
 :func:`pref_lab.world.evaluate_policy`: gold reward (s.e.), KL, RM score, EOS rate, length. The rule: the highest
-development gold reward among runs whose development EOS rate is at least 0.9 (a rater does not like cut-off
-reviews, and the course reports finished text). Results go to ``data/results/ppo_tuning.json`` after every run;
+development gold reward among runs whose development samples are still reviews of the SFT model's kind: EOS
+rate at least 0.9 (a rater does not like cut-off reviews) and mean length within 0.6-1.4x the SFT model's on the
+same prompts (the frontier's "no degenerate winner" rule). Results go to ``data/results/ppo_tuning.json`` after every run;
 a re-run skips the runs already there (delete the file to start over). ``PPOConfig``'s defaults quote the choice.
 """
 
@@ -26,14 +27,17 @@ from pref_lab.ppo import PPOConfig, make_value_model, train_ppo
 from pref_lab.reward_model import score_texts
 from pref_lab.world import dev_prompts, evaluate_policy, load_world
 
-GRID = [{"kl_coef": kl, "missing_eos_penalty": eos} for kl in (0.02, 0.05, 0.1) for eos in (None, 2.0)]
+GRID = [{"kl_coef": kl, "missing_eos_penalty": eos} for kl in (0.01, 0.02, 0.05, 0.1) for eos in (None, 2.0)]
 N_DEV = 128
 MIN_EOS = 0.9
+LENGTH_RATIO = (0.6, 1.4)  # mean length relative to the SFT model's, on the same prompts
 
 
-def choose(runs: list[dict]) -> dict | None:
-    """The rule in the module docstring: best development gold reward among runs that finish their texts."""
-    finished = [r for r in runs if r["dev"]["eos_rate"] >= MIN_EOS]
+def choose(runs: list[dict], sft_length: float) -> dict | None:
+    """The rule in the module docstring: best development gold reward among runs that finish their texts at a
+    length like the SFT model's (``sft_length``, its mean on the development prompts)."""
+    lo, hi = LENGTH_RATIO[0] * sft_length, LENGTH_RATIO[1] * sft_length
+    finished = [r for r in runs if r["dev"]["eos_rate"] >= MIN_EOS and lo <= r["dev"]["length"] <= hi]
     return max(finished, key=lambda r: r["dev"]["gold_reward"]) if finished else None
 
 
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.out} was measured with other SFT/RM weights: delete it to start over")
     except FileNotFoundError:
         results = {"schema": "pref_lab.ppo_tuning/1", "world": world_id, "dev_prompts": N_DEV, "min_eos_rate": MIN_EOS,
+                   "length_ratio": LENGTH_RATIO,
                    "sft_dev": evaluate_policy(world.sft, dev_world), "runs": []}
     done = [r["settings"] for r in results["runs"]]
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{settings}: dev gold {dev['gold_reward']:+.3f} ± {dev['gold_reward_sem']:.3f}, KL {dev['kl']:.2f}, "
               f"EOS {dev['eos_rate']:.2f}, length {dev['length']:.1f} ({time.time() - start:.0f} s)", flush=True)
         open(args.out, "w").write(json.dumps(results, indent=1))
-    chosen = choose(results["runs"])
+    chosen = choose(results["runs"], results["sft_dev"]["length"])
     results["chosen"] = chosen["settings"] if chosen else None
     open(args.out, "w").write(json.dumps(results, indent=1))
     print("chosen:", results["chosen"])
