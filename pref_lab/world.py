@@ -1,7 +1,8 @@
 """The held-out evaluation every notebook and script shares: which prompts, which settings, which numbers.
 
-A policy is measured on review instructions for the *test-split* movies (never seen in training: the
-preference pairs come from validation-split movies, the reward model's extra pairs from train-split ones).
+A policy is measured on review instructions for the *held-out* two thirds of the test-split movies (never seen in
+training: the preference pairs come from validation-split movies, the reward model's extra pairs from train-split
+ones).
 One temperature-1 sample y_i ~ pi(. | x_i) per held-out prompt x_i, then
 
     gold_reward = (1/N) sum_i r_gold(y_i)                            what "the human" thinks of the samples
@@ -14,14 +15,17 @@ random numbers): two policies are compared on the same prompts with the same ran
 always gives the same point.
 
 The one rule for held-out prompts (:func:`heldout_prompts`): every template of
-:data:`pref_lab.sft.REVIEW_INSTRUCTIONS` for every test-split movie, in one fixed shuffled order; a run that
-needs ``n`` prompts takes the first ``n``, so smaller sets are nested in larger ones.
+:data:`pref_lab.sft.REVIEW_INSTRUCTIONS` for every held-out test-split movie, in one fixed shuffled order; a run
+that needs ``n`` prompts takes the first ``n``, so smaller sets are nested in larger ones.
 
-Settings (learning rates, steps, betas) are chosen on **development** prompts instead (:func:`dev_prompts`): the
-same rule on a fixed third of the test-split movies (:data:`DEV_SHARE`), which are never held-out prompts. So
-the numbers a notebook reports were never used to choose anything, and the development movies are as unseen as
-the held-out ones: no policy trains on them, the SFT model never read their reviews, the reward model never
-scored their samples (train-split movies would fail all three: SFT data and the RM's extra pairs).
+Settings are to be chosen on **development** prompts instead (:func:`dev_prompts`): the same rule on a fixed third
+of the test-split movies (:data:`DEV_SHARE`), which are never held-out prompts. The development movies are as
+unseen as the held-out ones: no policy trains on them, the SFT model never read their reviews, and no reward model
+trained on their samples (train-split movies would fail all of that: SFT data and the RM's extra pairs). What is
+chosen there so far: PPO's ``kl_coef`` and ``missing_eos_penalty`` (``scripts/tune_ppo.py``). PPO's other settings
+and the DPO recipe come from earlier worlds of the course and were not re-tuned; the DPO beta sweep only reports.
+``preferences/test.jsonl`` (the reward model's held-out *pairs*) covers every test-split movie, development ones
+included: it scores reward models, it never chooses a policy setting.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from .config import data_path, get_device, same_device
 from .data import CORPUS_FILE, read_jsonl
@@ -85,7 +90,7 @@ def _test_movies(corpus_rows: Sequence[dict], part: str) -> list[str]:
     return movies[:n_dev] if part == "dev" else movies[n_dev:]
 
 
-def _prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None, part: str) -> list[str]:
+def _prompts(corpus_rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase, n: int | None, part: str) -> list[str]:
     movies = _test_movies(corpus_rows, part)
     prompts = [format_prompt(tokenizer, template.format(title=title)) for title in sorted(movies)
                for template in REVIEW_INSTRUCTIONS]
@@ -96,7 +101,7 @@ def _prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None, part: str) -
     return prompts[:n]
 
 
-def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
+def heldout_prompts(corpus_rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase, n: int | None = None) -> list[str]:
     """The first ``n`` (all if None) held-out review prompts, chat-formatted, in the one fixed order (module docstring):
     every template for every held-out test-split movie (the test movies less the development ones).
 
@@ -106,7 +111,7 @@ def heldout_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None
     return _prompts(corpus_rows, tokenizer, n, "heldout")
 
 
-def dev_prompts(corpus_rows: Sequence[dict], tokenizer, n: int | None = None) -> list[str]:
+def dev_prompts(corpus_rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase, n: int | None = None) -> list[str]:
     """The first ``n`` development prompts: the same rule on the :data:`DEV_SHARE` of development movies, disjoint
     from :func:`heldout_prompts`. Tune on these; report on the held-out ones."""
     return _prompts(corpus_rows, tokenizer, n, "dev")
@@ -166,7 +171,8 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
     Returns ``gold_reward``, ``kl`` (each with its standard error ``*_sem`` over prompts), ``kl_kind`` ("sampled"),
     ``rm_score`` (the proxy's view of the same samples; NaN without a reward model), ``eos_rate``, ``length`` (mean
     completion tokens, EOS included) and ``samples`` (how many were drawn); with ``per_prompt`` also
-    ``gold_rewards`` (one per prompt, for :func:`paired_difference`). Modes are restored after.
+    ``gold_rewards`` and ``rm_scores`` (one per prompt, for :func:`paired_difference`; ``rm_scores`` only with a
+    reward model). Modes are restored after.
     """
     reference = world.sft if reference is None else reference
     device = same_device(policy=policy, reference=reference)
@@ -184,11 +190,13 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
             kl.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
     kl_mean, kl_sem = mean_sem(require_finite(torch.cat(kl), "evaluate_policy: sequence KL of the samples"))
     scores = score_samples(world, ids, per_prompt)
-    rm = score_texts(world.reward_model, tokenizer, prompts, ids).mean().item() if world.reward_model is not None else math.nan
+    rm_scores = score_texts(world.reward_model, tokenizer, prompts, ids) if world.reward_model is not None else None
+    per = {} if not per_prompt else {"gold_rewards": scores["gold_rewards"],
+                                     **({"rm_scores": rm_scores.tolist()} if rm_scores is not None else {})}
     return {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,
-            "kl_sem": kl_sem, "kl_kind": "sampled", "rm_score": rm, "eos_rate": scores["eos_rate"],
-            "length": scores["length"], "samples": len(ids),
-            **({"gold_rewards": scores["gold_rewards"]} if per_prompt else {})}
+            "kl_sem": kl_sem, "kl_kind": "sampled",
+            "rm_score": rm_scores.mean().item() if rm_scores is not None else math.nan, "eos_rate": scores["eos_rate"],
+            "length": scores["length"], "samples": len(ids), **per}
 
 
 def sft_point(world: World, **settings) -> dict:

@@ -18,9 +18,9 @@ most one. ``--assets DIR`` loads the world from another folder, e.g. one built b
 
 Budget of the full grid (4 PPO runs x 36 iterations, 4 offline DPO x 100 steps, 2 online DPO x 100 rounds,
 best-of-n up to 32; PPO evaluated 6 times, DPO and online DPO 5 times, on 256 held-out prompts). Measured for the
-shipped ``data/results/frontier_full.json`` with ``--jobs 2`` on 2 otherwise idle CPU cores: 886 s in all (its
-``total_seconds``); per run (train + eval, one torch thread) PPO ~90-120 s, offline DPO ~165 s, online DPO ~230 s,
-best-of-n ~110 s for all n (one nested pool). If the machine is busy, lower the steps with ``--set``.
+shipped ``data/results/frontier_full.json`` with ``--jobs 2`` on 2 otherwise idle CPU cores: 2037 s in all (its
+``total_seconds``); per run (train + eval, one torch thread) PPO ~210-275 s, offline DPO ~340-360 s, online DPO
+~550-565 s, best-of-n ~285 s (one nested pool for all n). If the machine is busy, lower the steps with ``--set``.
 
 Results JSON (schema ``pref_lab.frontier/1``)::
 

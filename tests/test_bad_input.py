@@ -268,6 +268,20 @@ def test_evaluation_helpers_raise_on_a_broken_model(tokenizer, lm, rm):
         evaluate_policy(nan_copy(lm), world)
 
 
+def test_evaluate_policy_per_prompt_lists_match_its_means(tokenizer, lm, rm):
+    class Gold:  # a stand-in judge: one known score per sample
+        def gold_reward(self, completions):
+            return torch.linspace(-1.0, 1.0, len(completions))
+
+    world = World(tokenizer=tokenizer, sft=lm, gold=Gold(), reward_model=rm,
+                  eval_prompts=[prompt(tokenizer, i) for i in range(4)])
+    plain, per = evaluate_policy(lm, world), evaluate_policy(lm, world, per_prompt=True)
+    assert "gold_rewards" not in plain and "rm_scores" not in plain
+    assert per["gold_rewards"] == pytest.approx([-1.0, -1 / 3, 1 / 3, 1.0])
+    assert len(per["rm_scores"]) == 4 and per["rm_score"] == pytest.approx(sum(per["rm_scores"]) / 4)
+    assert {k: v for k, v in per.items() if k not in ("gold_rewards", "rm_scores")} == plain  # the same samples
+
+
 # ----------------------------------------------------------------------------- 6. environment
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "PREF_LAB_"))}

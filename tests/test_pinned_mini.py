@@ -5,9 +5,10 @@ numbers they gave before the package's top floor was reorganised (issue 15).
 ``pref_lab.experiments`` into ``pref_lab.world`` and ``scripts/frontier.py``, the trainer protocol and the asset
 stages for the DPO checkpoint and the mini RewardBench), and rewritten on purpose for issue 16 (the honest gold
 judge: bounded sentiment, a reader, repetition and cut-off rules; cut-off samples kept in the pairs; the feature
-oracle stage; 4 samples per prompt in rm_extra), and again when the development prompts moved from train-split
-movies to a third of the test-split movies (the held-out prompts are the other two thirds). A refactor must leave every number here unchanged; a
-change that *means* to change them (a new world, a new recipe) rewrites the pin in the same commit and says why:
+oracle stage; 4 samples per prompt in rm_extra), and again when the development prompts moved from
+train-split movies to a third of the test-split movies (the held-out prompts are the other two thirds).
+A refactor must leave every number here unchanged; a change that *means* to change them (a new world, a new
+recipe) rewrites the pin in the same commit and says why:
 
     .venv/bin/python tests/test_pinned_mini.py --write
 """
