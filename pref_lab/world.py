@@ -191,12 +191,15 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
     kl_mean, kl_sem = mean_sem(require_finite(torch.cat(kl), "evaluate_policy: sequence KL of the samples"))
     scores = score_samples(world, ids, per_prompt)
     rm_scores = score_texts(world.reward_model, tokenizer, prompts, ids) if world.reward_model is not None else None
-    per = {} if not per_prompt else {"gold_rewards": scores["gold_rewards"],
-                                     **({"rm_scores": rm_scores.tolist()} if rm_scores is not None else {})}
-    return {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,
-            "kl_sem": kl_sem, "kl_kind": "sampled",
-            "rm_score": rm_scores.mean().item() if rm_scores is not None else math.nan, "eos_rate": scores["eos_rate"],
-            "length": scores["length"], "samples": len(ids), **per}
+    point = {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,
+             "kl_sem": kl_sem, "kl_kind": "sampled",
+             "rm_score": rm_scores.mean().item() if rm_scores is not None else math.nan, "eos_rate": scores["eos_rate"],
+             "length": scores["length"], "samples": len(ids)}
+    if per_prompt:
+        point["gold_rewards"] = scores["gold_rewards"]
+        if rm_scores is not None:
+            point["rm_scores"] = rm_scores.tolist()
+    return point
 
 
 def sft_point(world: World, **settings) -> dict:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from pref_lab import rewardbench as E
 from pref_lab.config import data_path
+from pref_lab.data import read_jsonl
 from pref_lab.dpo import implicit_rewards
 from pref_lab.models import load_model, load_tokenizer
 
@@ -85,8 +86,7 @@ def test_beta_sweep_results_are_complete():
     assert len(sft_points) == 1  # every run starts from the same SFT point (common random numbers)
     # ... and it is the SFT point of the shipped world: the checkpoint's stage measured it on the same held-out prompts
     assert sweep["runs"][0]["curve"][0]["gold_reward"] == pytest.approx(DPO["metrics"]["sft_gold_reward"], abs=1e-4), REBUILD
-    shipped_pairs = data_path("preferences", "train.jsonl").read_text().count("\n")
-    assert sweep["data"]["train_pairs"] == shipped_pairs, REBUILD  # trained on the pairs that ship
+    assert sweep["data"]["train_pairs"] == len(read_jsonl(data_path("preferences", "train.jsonl"))), REBUILD
     for run in sweep["runs"]:
         assert run["final"] == run["curve"][-1] and run["final"]["step"] == sweep["recipe"]["steps"]
         assert [row["step"] for row in run["history"]] == list(range(1, sweep["recipe"]["steps"] + 1))  # one row a step

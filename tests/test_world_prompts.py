@@ -32,9 +32,10 @@ def test_dev_and_heldout_prompts_split_the_test_movies(letter_tokenizer):
 
 
 def test_asking_for_more_prompts_than_exist_is_an_error(letter_tokenizer):
-    rows = corpus(3)  # one development movie, two held out: 6 held-out prompts
-    with pytest.raises(ValueError, match="asked for 7 heldout prompts, but there are 6"):
-        world.heldout_prompts(rows, letter_tokenizer, 7)
-    assert len(world.dev_prompts(rows, letter_tokenizer)) == 3
+    rows = corpus(3)  # one development movie, two held out
+    templates = len(REVIEW_INSTRUCTIONS)
+    with pytest.raises(ValueError, match=f"asked for {2 * templates + 1} heldout prompts, but there are {2 * templates}"):
+        world.heldout_prompts(rows, letter_tokenizer, 2 * templates + 1)
+    assert len(world.dev_prompts(rows, letter_tokenizer)) == templates
     with pytest.raises(ValueError, match="1 test-split movies: need at least 2"):
         world.heldout_prompts(corpus(1), letter_tokenizer)
