@@ -35,7 +35,7 @@ assets: setup  ## rebuild every shipped asset under data/ (about 70 min; stage t
 	$(BIN)/python -m pref_lab.assets
 
 lint: setup
-	$(BIN)/ruff check pref_lab tests scripts
+	$(BIN)/ruff check pref_lab tests scripts solutions
 
 clean:
 	rm -rf build $(VENV)

@@ -193,6 +193,25 @@ def repetition(text: str) -> float:
     return 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
+def combine_terms(sentiment: torch.Tensor, fluency: torch.Tensor, repetition: torch.Tensor, finished: torch.Tensor,
+                  words: torch.Tensor, rules: RaterRules) -> torch.Tensor:
+    """The gold reward from its terms, each of shape (N,) (:meth:`GoldJudge.rate` measures them):
+
+        r = A·tanh(n/(n + n0)·S/A) − min(λ·max(0, F0 − F), P) − μ·ρ − c·[not finished] − b·max(0, L0 − n)
+
+    with S the sentiment logit, F the fluency (nats per token; −inf for a text with no token), ρ the repetition,
+    ``finished`` 1/0, n the distinct words, and A, F0, λ, P, μ, c, n0, L0, b the ``rules``. The shipped rules have
+    n0 = b = 0, so the evidence factor is 1 and there is no brevity term.
+    """
+    r = rules
+    evidence = words / (words + r.evidence_words) if r.evidence_words else torch.ones_like(words)
+    brevity = r.brevity_weight * (r.min_words - words).clamp(min=0)
+    below = (r.fluency_floor - fluency).clamp(min=0)  # nats below the floor (inf for a text with no token at all)
+    disfluency = (r.fluency_weight * below).clamp(max=r.max_fluency_penalty) if r.fluency_weight else torch.zeros_like(below)
+    return (r.bound * torch.tanh(evidence * sentiment / r.bound) - disfluency - r.repetition_weight * repetition
+            - r.unfinished_penalty * (1 - finished) - brevity)
+
+
 class GoldJudge:
     """The course's "human". ``gold_reward`` (module docstring) is what it thinks of a text; ``rate`` shows why.
 
@@ -251,25 +270,17 @@ class GoldJudge:
         """Every term of the gold reward, each of shape (N,) (module docstring):
 
         ``sentiment`` S (the word-weight logit), ``fluency`` F, ``repetition`` ρ, ``finished`` (1/0), ``words`` n, and
-        ``reward`` = A·tanh(n/(n + n0)·S/A) − min(λ·max(0, F0 − F), max_fluency_penalty) − μ·ρ − c·[not finished]
-        − b·max(0, L0 − n).
+        ``reward``, combined from them by :func:`combine_terms`.
         """
         texts, flags = self._texts(completions)
-        r = self.rules
         sentiment = self.sentiment.score(texts)
         fluency = self.fluency(texts, flags)
         rep = torch.tensor([repetition(t) for t in texts])
         done = torch.tensor(flags, dtype=torch.float32)
         # distinct words: saying it again adds no evidence and does not make a text longer in the rater's eyes
         words = torch.tensor([len(set(WORD_RE.findall(t.lower()))) for t in texts], dtype=torch.float32)
-        evidence = words / (words + r.evidence_words) if r.evidence_words else torch.ones_like(words)
-        brevity = r.brevity_weight * (r.min_words - words).clamp(min=0)
-        below = (r.fluency_floor - fluency).clamp(min=0)  # nats below the floor (inf for a text with no token at all)
-        disfluency = (r.fluency_weight * below).clamp(max=r.max_fluency_penalty) if r.fluency_weight else torch.zeros_like(below)
-        reward = (r.bound * torch.tanh(evidence * sentiment / r.bound) - disfluency - r.repetition_weight * rep
-                  - r.unfinished_penalty * (1 - done) - brevity)
         return {"sentiment": sentiment, "fluency": fluency, "repetition": rep, "finished": done, "words": words,
-                "reward": reward}
+                "reward": combine_terms(sentiment, fluency, rep, done, words, self.rules)}
 
     def gold_reward(self, completions: Sequence) -> torch.Tensor:
         """Gold reward r_gold(y) of each completion, shape (N,); higher = what the human prefers.

@@ -106,6 +106,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last position where ``mask`` (B, T) is 1: the last real token under left or right padding
+    (the reward model's head reads there), or the last completion token (where PPO pays the score). A row of zeros
+    gives 0."""
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    return (positions * mask).argmax(-1)
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log p(x_t | x_<t) for t = 1..T-1.
 
@@ -133,7 +141,12 @@ def sequence_logprobs(
     """log pi(y|x) per row: shape (B,). Sum over completion tokens (EOS included); prompt and
     padding masked. ``average=True`` divides by the number of completion tokens (length-normalised,
     as SimPO and "avg" reference-free scoring use)."""
-    per_token = forward_token_logprobs(model, input_ids, attention_mask)
+    return completion_logprobs(forward_token_logprobs(model, input_ids, attention_mask), completion_mask, average)
+
+
+def completion_logprobs(per_token: torch.Tensor, completion_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """log pi(y|x) per row, shape (B,), from per-token log-probs ``per_token`` (B, T-1) (:func:`token_logprobs`) and
+    the ``completion_mask`` (B, T) of the batch: the sum over completion tokens (``average=True``: their mean)."""
     mask = completion_mask[:, 1:].to(per_token.dtype)  # token t is predicted at position t-1
     total = (per_token * mask).sum(-1)
     if average:

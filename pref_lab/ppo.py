@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model
 
 from .config import model_device, same_device, seed_everything
-from .logprobs import position_ids_from_mask, token_logprobs, tokenize_completions
+from .logprobs import last_index, position_ids_from_mask, token_logprobs, tokenize_completions
 from .models import check_finite_parameters, completion_texts, context_length, ends_with_eos, generate
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
@@ -210,8 +210,7 @@ def per_token_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores
         raise ValueError("every row needs at least one completion token")
     kl = torch.where(mask.bool(), logprobs - ref_logprobs, 0.0)
     rewards = -kl_coef * kl
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = (positions * mask).argmax(-1)  # index of the last completion token: EOS, or the token at the limit
+    last = last_index(mask)  # the last completion token: EOS, or the token at the limit
     rewards[torch.arange(len(rewards), device=mask.device), last] += scores
     return rewards, kl
 

@@ -21,7 +21,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from .config import data_path, get_device, model_device, seed_everything
 from .data import as_completion, pair_completions, validate_records
-from .logprobs import position_ids_from_mask, require_finite, tokenize_completions
+from .logprobs import last_index, position_ids_from_mask, require_finite, tokenize_completions
 from .models import context_length, disable_dropout, evaluating, load_checkpoint
 from .training import Callback, EvalFn, check_finite, check_steps, log_step
 
@@ -60,8 +60,7 @@ def reward_scores(reward_model, input_ids: torch.Tensor, attention_mask: torch.T
     """
     hidden = reward_model.transformer(input_ids=input_ids, attention_mask=attention_mask,
                                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = (positions * attention_mask).argmax(-1)  # index of the last real token of each row
+    last = last_index(attention_mask)  # the last real token of each row
     return reward_model.score(hidden[torch.arange(len(last)), last]).squeeze(-1)
 
 

@@ -95,8 +95,15 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     attention_mask, completion_mask, all (B, T)).
     """
     logp = forward_token_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
-    mask = batch["completion_mask"][:, 1:].to(logp.dtype)  # token t is predicted at position t-1
-    return -(logp * mask).sum() / mask.sum()
+    return token_mean_nll(logp, batch["completion_mask"])
+
+
+def token_mean_nll(token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """−Σ m·log p / Σ m: the mean over the batch's completion tokens, from per-token log-probs (B, T-1) (entry t-1
+    is token t's, :func:`pref_lab.logprobs.token_logprobs`) and the ``completion_mask`` (B, T). One mean over all
+    tokens, not per row: a long response counts for as many tokens as it has."""
+    mask = completion_mask[:, 1:].to(token_logps.dtype)  # token t is predicted at position t-1
+    return -(token_logps * mask).sum() / mask.sum()
 
 
 def collate(tokenizer, examples: Sequence[Mapping], device, max_length: int = 128, first_row: int = 0
