@@ -9,9 +9,12 @@ For each candidate (bound A, fluency weight lambda, fluency floor quantile q) it
 - |Spearman(reward, length in words)|.
 It also prints the designs the issue ruled out (probability-scaled, mean- and sqrt-length-normalised), measured the
 same way. ``--brevity`` measures, on the shipped judge's terms, candidate rules against short "blurb" reviews built
-from the praise words ("A w1, w2 and w3 film."): sentiment shrunk by n/(n + n0) for n words, and a floor of L0 words
-below which every missing word costs lam, each with |Spearman(reward, length)| on validation reviews and on the SFT
-samples of ``preferences/train.jsonl`` (the issue's bar is 0.15 on both).
+from the praise words ("A w1, w2 and w3 film."): sentiment shrunk by n/(n + n0) for n distinct words, and a floor of
+L0 distinct words below which every missing word costs lam (``RaterRules.evidence_words``, ``min_words``,
+``brevity_weight``, combined by ``pref_lab.judge.combine_terms`` exactly as the judge combines them), each with
+|Spearman(reward, length)| on validation reviews and on the SFT samples of ``preferences/train.jsonl`` (the issue's
+bar is 0.15 on both). ``--lengths`` prints the shipped judge's reward of real validation reviews by length, in
+tokens: how short real reviews are, and how a rater of this world scores them.
 
 The fluency floor is a quantile of the validation reviews' fluency (the reader, the base model, was pretrained on the
 training reviews, so they read likelier than any new review). pref_lab.assets.RATER records the choice.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 
 import torch
 from transformers import GPT2LMHeadModel
@@ -28,7 +32,7 @@ from transformers import GPT2LMHeadModel
 from pref_lab.assets import blurbs, spearman, stuffed
 from pref_lab.config import data_path
 from pref_lab.data import load_corpus, pair_completions, read_jsonl
-from pref_lab.judge import WORD_RE, BagOfWordsJudge, GoldJudge, RaterRules, load_gold_judge, text_features
+from pref_lab.judge import WORD_RE, BagOfWordsJudge, GoldJudge, RaterRules, combine_terms, load_gold_judge, text_features
 from pref_lab.models import load_tokenizer
 
 
@@ -36,9 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--brevity", action="store_true", help="measure brevity rules on the shipped judge instead")
+    parser.add_argument("--lengths", action="store_true", help="the shipped judge's reward of real reviews by length")
     args = parser.parse_args(argv)
     if args.brevity:
         return brevity(args)
+    if args.lengths:
+        return lengths(args)
     torch.set_num_threads(args.threads)
     sentiment = BagOfWordsJudge.load(data_path("judges", "gold"))
     reader = GPT2LMHeadModel.from_pretrained(str(data_path("models", "base")))
@@ -92,17 +99,13 @@ def brevity(args) -> None:
     samples = list(dict.fromkeys(pair_completions(pairs, "chosen") + pair_completions(pairs, "rejected")))
     sets = {"val": texts, "stuffed": [stuffed(t, top) for t in texts], "sft": samples, "blurbs": blurbs(top)}
     rates = {k: gold.rate(v) for k, v in sets.items()}
-    n = {k: torch.tensor([len(WORD_RE.findall(t.lower())) for t in v], dtype=torch.float) for k, v in sets.items()}
-    rules = gold.rules
-    print(f"length in words: validation reviews median {n['val'].median():.0f}, SFT samples median {n['sft'].median():.0f}; "
-          f"{len(samples)} distinct SFT samples")
+    n = {k: rates[k]["words"] for k in sets}  # distinct words, as the judge counts them
+    print(f"length in distinct words: validation reviews median {n['val'].median():.0f}, SFT samples median "
+          f"{n['sft'].median():.0f}; {len(samples)} distinct SFT samples")
 
     def reward(rating, words, n0, floor, lam):
-        sentiment = rating["sentiment"] * (words / (words + n0) if n0 else 1.0)
-        disfluency = (rules.fluency_weight * (rules.fluency_floor - rating["fluency"]).clamp(min=0)
-                      ).clamp(max=rules.max_fluency_penalty)
-        return (rules.bound * torch.tanh(sentiment / rules.bound) - disfluency - rules.repetition_weight *
-                rating["repetition"] - rules.unfinished_penalty * (1 - rating["finished"]) - lam * (floor - words).clamp(min=0))
+        rules = replace(gold.rules, evidence_words=n0, min_words=floor, brevity_weight=lam)
+        return combine_terms(rating["sentiment"], rating["fluency"], rating["repetition"], rating["finished"], words, rules)
 
     for n0 in (0, 2, 4, 8):
         for floor, lam in ((0, 0.0), (8, 0.25), (10, 0.25)):
@@ -112,6 +115,30 @@ def brevity(args) -> None:
                   f"stuffed {r['stuffed'].mean():+.2f}; accuracy {((r['val'] > 0) == fresh).float().mean():.3f}; "
                   f"|rho(len)| validation {abs(spearman(r['val'].tolist(), n['val'].tolist())):.3f}, "
                   f"SFT samples {abs(spearman(r['sft'].tolist(), n['sft'].tolist())):.3f}")
+
+
+def lengths(args) -> None:
+    """The --lengths profile (module docstring): real validation reviews binned by their length in tokens."""
+    torch.set_num_threads(args.threads)
+    gold = load_gold_judge()
+    val = load_corpus(split="val", kind="review")
+    texts, fresh = val["text"], torch.tensor([y == "fresh" for y in val["label"]])
+    tokens = torch.tensor([len(gold.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
+    rate = gold.rate(texts)
+    print(f"{len(texts)} validation reviews; tokens: median {tokens.median():.0f}, 10th percentile "
+          f"{torch.quantile(tokens.float(), 0.1):.0f}")
+    print("tokens   n   share  fresh  gold(all)  gold(fresh)  fluency  fluency below floor")
+    edges = [0, 10, 13, 16, 20, 25, 30, 40, 1000]
+    for lo, hi in zip(edges, edges[1:]):
+        sel = (tokens >= lo) & (tokens < hi)
+        if not sel.any():
+            continue
+        g, f = rate["reward"][sel], rate["fluency"][sel]
+        print(f"{lo:3d}-{hi - 1:<4d} {int(sel.sum()):4d}  {sel.float().mean():.3f}  {fresh[sel].float().mean():.3f}  "
+              f"{g.mean():+8.3f}  {rate['reward'][sel & fresh].mean():+10.3f}  {f.mean():+7.3f}  "
+              f"{(f < gold.rules.fluency_floor).float().mean():.3f}")
+    print(f"Spearman(gold, tokens) on all {len(texts)}: {spearman(rate['reward'].tolist(), tokens.tolist()):+.3f}; "
+          f"on fresh reviews: {spearman(rate['reward'][fresh].tolist(), tokens[fresh].tolist()):+.3f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ and IPO from the loss zoo."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -58,7 +60,7 @@ SEQ_EXERCISE = Exercise(
 )
 
 
-def check_sequence_logprob(fn) -> CheckResult:
+def check_sequence_logprob(fn: Callable) -> CheckResult:
     """Check ``sequence_logprob(token_logps (B,T-1), completion_mask (B,T)) -> (B,)`` (notebook 08)."""
     return run_check(SEQ_EXERCISE, fn)
 
@@ -158,7 +160,7 @@ DPO_EXERCISE = Exercise(
 )
 
 
-def check_dpo_loss(fn) -> CheckResult:
+def check_dpo_loss(fn: Callable) -> CheckResult:
     """Check ``dpo_loss(pi_logps (B,), ref_logps (B,), yw_ids (P,), yl_ids (P,), beta) -> (losses (P,), rewards (B,))``
     (notebook 08)."""
     return run_check(DPO_EXERCISE, fn)
@@ -212,7 +214,7 @@ ACC_EXERCISE = Exercise(
 )
 
 
-def check_implicit_reward_accuracy(fn) -> CheckResult:
+def check_implicit_reward_accuracy(fn: Callable) -> CheckResult:
     """Check ``implicit_reward_accuracy(pi_chosen, ref_chosen, pi_rejected, ref_rejected (all (P,)), beta) -> float``
     (notebook 09)."""
     return run_check(ACC_EXERCISE, fn)
@@ -262,6 +264,6 @@ IPO_EXERCISE = Exercise(
 )
 
 
-def check_ipo_loss(fn) -> CheckResult:
+def check_ipo_loss(fn: Callable) -> CheckResult:
     """Check ``ipo_loss(chosen_logratios (P,), rejected_logratios (P,), beta) -> (P,)`` (notebook 12)."""
     return run_check(IPO_EXERCISE, fn)

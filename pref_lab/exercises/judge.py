@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -73,6 +74,6 @@ EXERCISE = Exercise(
 )
 
 
-def check_gold_from_terms(fn) -> CheckResult:
+def check_gold_from_terms(fn: Callable) -> CheckResult:
     """Check ``gold_from_terms(sentiment, fluency, repetition, finished, rules) -> (N,)`` (notebook 00)."""
     return run_check(EXERCISE, fn)

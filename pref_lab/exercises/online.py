@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..online import select_pairs
@@ -98,6 +100,6 @@ EXERCISE = Exercise(
 )
 
 
-def check_online_pair(fn) -> CheckResult:
+def check_online_pair(fn: Callable) -> CheckResult:
     """Check ``online_pair(scores (P, k)) -> (chosen (P,), rejected (P,), keep (P,) bool)`` (notebook 10)."""
     return run_check(EXERCISE, fn)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..ppo import compute_gae, masked_mean, policy_loss
@@ -78,7 +80,7 @@ GAE_EXERCISE = Exercise(
 )
 
 
-def check_gae(fn) -> CheckResult:
+def check_gae(fn: Callable) -> CheckResult:
     """Check ``gae(rewards (B,T), values (B,T), mask (B,T), gamma, lam) -> (advantages, returns)`` (notebook 06)."""
     return run_check(GAE_EXERCISE, fn)
 
@@ -152,7 +154,7 @@ CLIP_EXERCISE = Exercise(
 )
 
 
-def check_clipped_policy_loss(fn) -> CheckResult:
+def check_clipped_policy_loss(fn: Callable) -> CheckResult:
     """Check ``clipped_policy_loss(logprobs, old_logprobs, advantages, mask (all (B,T)), clip_range) -> scalar``
     (notebook 06)."""
     return run_check(CLIP_EXERCISE, fn)

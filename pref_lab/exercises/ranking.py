@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -68,7 +70,7 @@ PL_EXERCISE = Exercise(
 )
 
 
-def check_plackett_luce(fn) -> CheckResult:
+def check_plackett_luce(fn: Callable) -> CheckResult:
     """Check ``plackett_luce(scores (K,), ranking (K,)) -> scalar`` (notebook 01)."""
     return run_check(PL_EXERCISE, fn)
 
@@ -128,6 +130,6 @@ BT_EXERCISE = Exercise(
 )
 
 
-def check_bt_loss(fn) -> CheckResult:
+def check_bt_loss(fn: Callable) -> CheckResult:
     """Check ``bt_loss(r_chosen (B,), r_rejected (B,)) -> scalar`` (notebook 03)."""
     return run_check(BT_EXERCISE, fn)

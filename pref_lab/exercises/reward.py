@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..logprobs import last_index
@@ -51,6 +53,6 @@ EXERCISE = Exercise(
 )
 
 
-def check_last_token_reward(fn) -> CheckResult:
+def check_last_token_reward(fn: Callable) -> CheckResult:
     """Check ``last_token_reward(values (B,T), attention_mask (B,T)) -> (B,)`` (notebook 04)."""
     return run_check(EXERCISE, fn)

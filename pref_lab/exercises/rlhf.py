@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..rlhf import kl_estimators, optimal_policy_logprobs
@@ -58,7 +60,7 @@ KL_EXERCISE = Exercise(
 )
 
 
-def check_kl_estimators(fn) -> CheckResult:
+def check_kl_estimators(fn: Callable) -> CheckResult:
     """Check ``kl_estimators(logprobs (N,), ref_logprobs (N,)) -> {"k1", "k2", "k3"}`` (notebook 05)."""
     return run_check(KL_EXERCISE, fn)
 
@@ -109,6 +111,6 @@ OPT_EXERCISE = Exercise(
 )
 
 
-def check_optimal_policy(fn) -> CheckResult:
+def check_optimal_policy(fn: Callable) -> CheckResult:
     """Check ``optimal_policy(ref_logprobs (K,), rewards (K,), beta) -> log pi* (K,)`` (notebook 07)."""
     return run_check(OPT_EXERCISE, fn)

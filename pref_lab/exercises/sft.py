@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..logprobs import token_logprobs
@@ -78,7 +80,7 @@ EXERCISE = Exercise(
 )
 
 
-def check_masked_sft_loss(fn) -> CheckResult:
+def check_masked_sft_loss(fn: Callable) -> CheckResult:
     """Check ``masked_sft_loss(logits (B,T,V), input_ids (B,T), attention_mask (B,T), completion_mask (B,T)) -> scalar``
     (notebook 02)."""
     return run_check(EXERCISE, fn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -52,6 +53,6 @@ EXERCISE = Exercise(
 )
 
 
-def check_paired_se(fn) -> CheckResult:
+def check_paired_se(fn: Callable) -> CheckResult:
     """Check ``paired_se(a (n,), b (n,)) -> (mean difference, paired s.e.)`` (notebook 11)."""
     return run_check(EXERCISE, fn)
