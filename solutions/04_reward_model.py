@@ -11,7 +11,8 @@ def my_last_token_reward(values, attention_mask):
     """The reward of each row, shape (B,): the head's output at the row's *last real token*.
 
     values: (B, T), the scalar head applied at every position; attention_mask: (B, T), 1 on real tokens, 0 on
-    padding, which may be on the right (training batches) or on the left (generation batches).
+    padding, which may be on the right (training batches) or on the left (generation batches): find the last
+    position whose mask is 1.
     """
     positions = torch.arange(attention_mask.shape[1])
     last = (positions * attention_mask).argmax(-1)  # the largest position whose mask is 1

@@ -30,7 +30,7 @@ def my_gae(rewards, values, mask, gamma, lam):
 
 
 def my_clipped_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range):
-    """PPO's clipped surrogate loss (a scalar tensor), the mean over the masked tokens of
+    """PPO's clipped surrogate loss (a scalar tensor): one mean over all the batch's masked tokens, Σ m·ℓ / Σ m, of
 
         max(−A_t·ρ_t, −A_t·clip(ρ_t, 1 − ε, 1 + ε)),    ρ_t = exp(log π_t − log π_old,t),  ε = clip_range
 

@@ -213,8 +213,15 @@ def _clip_none(logprobs, old_logprobs, advantages, mask, clip_range):
 
 
 WRONG["gae"] = [("it bootstraps past the last token", _gae_bootstraps), ("lam is ignored", _gae_no_lambda)]
+def _clip_where_after_exp(logprobs, old_logprobs, advantages, mask, clip_range):
+    ratio = torch.exp(logprobs - old_logprobs)
+    per_token = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range))
+    return torch.where(mask == 1, per_token, torch.zeros_like(per_token)).sum() / mask.sum()  # finite, but nan grad
+
+
 WRONG["clipped_policy_loss"] = [("min where PPO takes max", _clip_min), ("the ratio is never clipped", _clip_none),
-                                ("exp of the padding overflows", _clip_nan)]
+                                ("exp of the padding overflows", _clip_nan),
+                                ("exp of the padding overflows", _clip_where_after_exp)]
 
 
 # ----------------------------------------------------------------------------- the table
@@ -338,6 +345,14 @@ def test_a_generic_failure_says_which_rows_are_wrong():
     result = E.run_check(ex, off_by_one_on_row_1, verbose=False)
     assert result.status == FAILED and "row 1 (of 3; the others match)" in result.message
     _assert_no_solution_in(result.message, "04", ex.name)
+
+
+def test_not_implemented_names_the_students_function(capsys):
+    def my_bt_loss(r_chosen, r_rejected):
+        raise NotImplementedError
+
+    E.run_check(E.EXERCISES["03"][0], my_bt_loss)
+    assert "Fill in `my_bt_loss`" in capsys.readouterr().out
 
 
 def test_ties_in_the_pairing_rule_accept_any_tied_best():

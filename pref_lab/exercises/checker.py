@@ -42,8 +42,9 @@ class Mistake:
 
     ``wrong`` is a function with the exercise's signature that makes the mistake (or a list of such functions, the
     ways students make it): the student's output matching one (and not the reference) on a case names the
-    mistake. ``spot(out, args)`` is for mistakes that values alone do not
-    show (a tensor that is not detached): it returns True when the output shows the mistake.
+    mistake. ``spot(out, args)`` is for mistakes that values alone do not show (a tensor that is not detached, a
+    gradient that is nan): it gets the output and the very inputs the student's function was given, and returns
+    True when they show the mistake.
     """
 
     name: str
@@ -187,6 +188,19 @@ def no_gradient(out, args) -> bool:
     return needs and not (isinstance(loss, torch.Tensor) and loss.requires_grad)
 
 
+def nonfinite_gradient(arg: str) -> Callable:
+    """``spot`` for a loss whose forward value may be fine but whose gradient with respect to input ``arg`` is not
+    finite (exp of garbage masked *after* the exp: 0 · inf = nan in backward)."""
+    def spot(out, given) -> bool:
+        x = given.get(arg)
+        if not (isinstance(out, torch.Tensor) and out.requires_grad and out.dim() == 0 and isinstance(x, torch.Tensor)
+                and x.requires_grad):
+            return False
+        (grad,) = torch.autograd.grad(out, x, retain_graph=True, allow_unused=True)
+        return grad is not None and not torch.isfinite(grad).all()
+    return spot
+
+
 NO_GRADIENT = "the loss carries no gradient"
 NO_GRADIENT_ADVICE = ("It was computed under torch.no_grad(), detached, or turned into a number (.item(), float()): "
                       "backward() would have nothing to train. Return the tensor itself.")
@@ -215,7 +229,8 @@ def _judge(ex: Exercise, student: Callable) -> CheckResult:
         try:
             out = call(args)
         except NotImplementedError:
-            return CheckResult(title, NOT_IMPLEMENTED, f"… {title}: not implemented yet. Fill in `{ex.name}` (replace "
+            name = getattr(student, "__name__", ex.name)
+            return CheckResult(title, NOT_IMPLEMENTED, f"… {title}: not implemented yet. Fill in `{name}` (replace "
                                                        f"the `raise NotImplementedError` line) and run this cell again.")
         except Exception as err:  # the student's bug, shown to them with the input that caused it
             return CheckResult(title, FAILED, f"✗ {title}: on {case.label}, your function raised "
@@ -227,7 +242,7 @@ def _judge(ex: Exercise, student: Callable) -> CheckResult:
         expected = ex.reference(**_copy(case.args))
         why = ex.compare_output(out, expected, case.args)
         for m in ex.mistakes:
-            if _shows(m, out, expected, case.args, ex):
+            if _shows(m, out, expected, case.args, ex, given=args):
                 return CheckResult(title, FAILED, f"✗ {title}: on {case.label}: {m.name}. {m.advice}\n"
                                                   f"    inputs:\n{_inputs(case.args)}\n    expected {show(expected)}\n"
                                                   f"    yours    {show(out)}", mistake=m.name, case=case.label)
@@ -239,10 +254,11 @@ def _judge(ex: Exercise, student: Callable) -> CheckResult:
                                       f"({', '.join(c.label for c in ex.cases)}).")
 
 
-def _shows(m: Mistake, out, expected, args: dict, ex: Exercise) -> bool:
-    """Does the output show mistake ``m`` on this case? A ``wrong`` version counts only where it differs from the
-    reference, so a case that cannot tell the two apart never blames the student."""
-    if m.spot is not None and m.spot(out, args):
+def _shows(m: Mistake, out, expected, args: dict, ex: Exercise, given: dict) -> bool:
+    """Does the output show mistake ``m`` on this case? ``args`` are the case's inputs, ``given`` the copies the
+    student's function received (``spot`` needs those, to follow gradients). A ``wrong`` version counts only where
+    it differs from the reference, so a case that cannot tell the two apart never blames the student."""
+    if m.spot is not None and m.spot(out, given):
         return True
     variants = m.wrong if isinstance(m.wrong, (list, tuple)) else [m.wrong] if m.wrong else []
     for variant in variants:

@@ -7,7 +7,17 @@ from collections.abc import Callable
 import torch
 
 from ..ppo import compute_gae, masked_mean, policy_loss
-from .checker import NO_GRADIENT, NO_GRADIENT_ADVICE, Case, CheckResult, Exercise, Mistake, no_gradient, run_check
+from .checker import (
+    NO_GRADIENT,
+    NO_GRADIENT_ADVICE,
+    Case,
+    CheckResult,
+    Exercise,
+    Mistake,
+    no_gradient,
+    nonfinite_gradient,
+    run_check,
+)
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -106,6 +116,18 @@ def _padding_mean(logprobs, old_logprobs, advantages, mask, clip_range):
     return torch.where(mask.bool(), loss, 0.0).mean()
 
 
+def _row_mean(logprobs, old_logprobs, advantages, mask, clip_range):
+    ratio = torch.exp(torch.where(mask.bool(), logprobs - old_logprobs, 0.0))
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)) * mask
+    return (loss.sum(-1) / mask.sum(-1)).mean()
+
+
+def _exp_then_where(logprobs, old_logprobs, advantages, mask, clip_range):
+    ratio = torch.exp(logprobs - old_logprobs)  # the forward is fine after the where below; the backward is not
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    return torch.where(mask.bool(), loss, 0.0).sum() / mask.sum()
+
+
 def _exp_of_padding(logprobs, old_logprobs, advantages, mask, clip_range):
     ratio = torch.exp(logprobs - old_logprobs)  # garbage on the padding: exp may be inf, and inf * 0 is nan
     loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
@@ -146,9 +168,14 @@ CLIP_EXERCISE = Exercise(
                 "ρ to [1 − ε, 1 + ε] in the second term.", wrong=_unclipped),
         Mistake("padding is in the mean", "Average over the masked tokens only (masked_mean): padding is not an "
                 "action.", wrong=_padding_mean),
+        Mistake("each row is averaged, then the rows", "Take one mean over all the batch's masked tokens "
+                "(Σ m·loss / Σ m), as masked_mean does: a row with no token then adds nothing instead of 0/0.",
+                wrong=_row_mean),
         Mistake("exp of the padding overflows", "The padding's log-probs can be anything: exp(200) is inf, and inf·0 "
-                "= nan even after masking. Zero the log-ratio off the mask *before* the exp.", wrong=_exp_of_padding,
-                spot=lambda out, args: isinstance(out, torch.Tensor) and not torch.isfinite(out.detach()).all()),
+                "= nan, in the loss or in its gradient, even after masking. Zero the log-ratio off the mask *before* "
+                "the exp.", wrong=_exp_of_padding,
+                spot=lambda out, given: (isinstance(out, torch.Tensor) and not torch.isfinite(out.detach()).all())
+                or nonfinite_gradient("logprobs")(out, given)),
     ],
     hint="ρ = exp(logprobs − old_logprobs); loss = masked mean of max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)).",
 )

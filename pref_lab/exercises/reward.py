@@ -33,7 +33,7 @@ def _cases() -> list[Case]:
     return [Case("right padding", dict(values=torch.randn(3, 5, generator=g), attention_mask=right)),
             Case("left padding (as for generation)", dict(values=torch.randn(3, 5, generator=g), attention_mask=left)),
             Case("a row of a single token", dict(values=torch.randn(2, 4, generator=g),
-                                                 attention_mask=torch.tensor([[0, 0, 1, 0], [1, 1, 1, 1]])))]
+                                                 attention_mask=torch.tensor([[0, 0, 0, 1], [1, 1, 1, 1]])))]
 
 
 EXERCISE = Exercise(
