@@ -19,7 +19,6 @@ right features could reach; the Bayes ceiling is what a model that knew the gold
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from .data import pair_completions
 from .judge import GoldJudge, text_features
+from .reward_model import held_out_prompts
 
 
 def text_table(judge: GoldJudge, pairs: Sequence[Mapping]
@@ -98,8 +98,7 @@ def feature_oracle(judge: GoldJudge, train_pairs: Sequence[Mapping], test_pairs:
     """Choose ``l2`` on the pairs of a held-out ``holdout`` share of the training prompts, refit on all training
     pairs, report test accuracy. Returns ``l2``, ``validation`` (accuracy per l2), ``test_accuracy``, ``known``
     (the learned a, m, c next to the judge's own). Every text is read by the judge once."""
-    prompts = sorted({p["prompt"] for p in train_pairs})
-    held = set(random.Random(seed).sample(prompts, max(1, int(holdout * len(prompts)))))
+    held = held_out_prompts(train_pairs, holdout, seed)
     _, phi, known, evidence, rows = text_table(judge, list(train_pairs) + list(test_pairs))
     table = (phi, known, evidence)
     train_rows, test_rows = rows[:len(train_pairs)], rows[len(train_pairs):]

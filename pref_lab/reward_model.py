@@ -11,6 +11,7 @@ a shift) near zero, which keeps RM scores on a stable scale for PPO.
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -131,6 +132,14 @@ def agreement_with_gold_order(chosen_rewards: torch.Tensor, rejected_rewards: to
     return ((chosen_rewards > rejected_rewards) == gold_order).float().mean().item()
 
 
+def held_out_prompts(pairs: Sequence[Mapping], share: float = 0.1, seed: int = 0) -> set[str]:
+    """A seeded ``share`` of the distinct prompts of ``pairs`` (at least one): the validation prompts on which the
+    feature oracle chooses its L2 and ``scripts/tune_rm.py`` the reward model's recipe. Splitting by prompt keeps
+    all samples of a prompt on one side."""
+    prompts = sorted({p["prompt"] for p in pairs})
+    return set(random.Random(seed).sample(prompts, max(1, int(share * len(prompts)))))
+
+
 def group_pairs_by_prompt(pairs: Sequence[Mapping]) -> list[dict]:
     """Pairs grouped by prompt, in order of first appearance: one dict per prompt,
     ``{"prompt": x, "completions": [y_0, y_1, ...], "pairs": [(chosen_index, rejected_index), ...]}``,
@@ -166,6 +175,7 @@ def _group_rewards(reward_model, tokenizer, groups: Sequence[Mapping], device) -
 
 def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], *, steps: int = 200,
                        prompts_per_step: int = 8, lr: float = 1e-4, center_coef: float = 0.01, seed: int = 0,
+                       weight_decay: float = 0.0, dropout: bool = False, freeze_embeddings: bool = False,
                        eval_fn: EvalFn | None = None, eval_every: int = 50, callback: Callback | None = None,
                        progress: bool = True) -> list[dict]:
     """Train with the pairwise loss on ``reward_model``'s device. Returns the history of :mod:`pref_lab.training`.
@@ -176,7 +186,10 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
     passes carry several times more labels, and no completion is revisited in many separate updates.
 
     Dropout is switched off, as TRL's ``RewardConfig(disable_dropout=True)`` default: two scorings of the same
-    text would otherwise differ, adding noise to the margins r_c - r_r that the loss compares.
+    text would otherwise differ, adding noise to the margins r_c - r_r that the loss compares. Three regularisers
+    can be switched on, for ``scripts/tune_rm.py`` to measure on validation pairs: ``weight_decay`` (AdamW's,
+    decoupled), ``dropout=True`` (the model config's dropout kept on while training; scoring is always in eval
+    mode) and ``freeze_embeddings=True`` (token and position embeddings stay the SFT model's).
 
     Rows: ``{"step", "samples": 0, "pairs", "loss", "accuracy"}`` (``accuracy``: strict r_c > r_r on the step's
     own, noisy, training labels), with ``eval_fn(reward_model)`` (e.g. :func:`evaluate_pairs` on held-out pairs)
@@ -187,10 +200,17 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
         raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
     check_steps(steps, eval_every)
     gen = seed_everything(seed)
-    disable_dropout(reward_model)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not dropout:
+        disable_dropout(reward_model)
+    if freeze_embeddings:
+        for table in (reward_model.transformer.wte, reward_model.transformer.wpe):
+            table.weight.requires_grad_(False)
     groups = group_pairs_by_prompt(train_pairs)
     device = model_device(reward_model)
-    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=0.0)
+    trainable = [p for p in reward_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     history: list[dict] = []
     order: list[int] = []
@@ -206,7 +226,7 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
         check_finite(loss, f"reward-model step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         schedule.step()
         pairs_seen += len(chosen)

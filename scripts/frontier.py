@@ -3,6 +3,7 @@
     .venv/bin/python scripts/frontier.py --tiny                      # seconds: the test configuration
     .venv/bin/python scripts/frontier.py --jobs 2                    # the full grid on 2 CPU cores
     .venv/bin/python scripts/frontier.py --methods ppo --set ppo.steps=10 --set "ppo.kl_coefs=[0.1]"
+    .venv/bin/python scripts/frontier.py --report data/results/frontier_full.json   # every point, EOS and length
 
 Every run starts from the same SFT model and uses the same prompts: PPO and online DPO sample on the training
 prompts (the prompts of ``preferences/train.jsonl``), offline DPO trains on those pairs, and every run is measured
@@ -437,6 +438,23 @@ def run_frontier(world: World, pairs: list[dict], config: dict, config_name: str
 
 
 # ----------------------------------------------------------------------------- the command line
+def report(results: dict) -> str:
+    """Every point of every run, one line each: step, gold reward ± s.e., KL ± s.e., EOS rate, length (tokens);
+    the best-gold point of each run is marked with ``*`` and its length given relative to the SFT model's."""
+    sft = results["sft"]
+    lines = [f"SFT: gold {sft['gold_reward']:+.3f} ± {sft['gold_reward_sem']:.3f}, EOS {sft['eos_rate']:.3f}, "
+             f"{sft['length']:.1f} tokens ({results['data']['eval_prompts']} held-out prompts)"]
+    for run in results["runs"]:
+        best = max(run["curve"][1:] or run["curve"], key=lambda p: p["gold_reward"])
+        lines.append(f"{run['name']}  (best gold at step {best['step']}: EOS {best['eos_rate']:.3f}, length "
+                     f"{best['length'] / sft['length']:.2f}x SFT's)")
+        for p in run["curve"][1:]:
+            lines.append(f"  {'*' if p is best else ' '} step {p['step']:4d}  gold {p['gold_reward']:+.3f} ± "
+                         f"{p['gold_reward_sem']:.3f}  KL {p['kl']:6.2f} ± {p['kl_sem']:.2f}  EOS {p['eos_rate']:.3f}  "
+                         f"{p['length']:5.1f} tokens")
+    return "\n".join(lines)
+
+
 def apply_override(config: dict, assignment: str) -> None:
     """``section.key=value`` (value parsed as JSON, else kept as a string) sets ``config[section][key]``."""
     path, sep, raw = assignment.partition("=")
@@ -469,7 +487,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for in-process runs")
     parser.add_argument("--device", default=None, help="cpu / cuda / mps (default: pref_lab's choice)")
     parser.add_argument("--progress", action="store_true", help="progress bars for each run")
+    parser.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="run nothing: print every point of a results file (gold, KL, EOS rate, length)")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        results = json.loads(args.report.read_text())
+        check_results(results)
+        print(report(results))
+        return results
 
     name = "tiny" if args.tiny else "full"
     config = copy.deepcopy(CONFIGS[name])

@@ -183,6 +183,20 @@ def test_bad_overrides_and_broken_results_raise(tiny_results, load_script):
         check_results(broken)
 
 
+def test_report_prints_every_point_and_marks_the_best(tiny_results, load_script, capsys):
+    results, out, _ = tiny_results
+    returned = load_script("frontier").main(["--report", str(out)])
+    assert returned == json.loads(out.read_text())
+    text = capsys.readouterr().out
+    points = [p for run in results["runs"] for p in run["curve"][1:]]
+    assert text.count(" step ") == len(points)
+    assert text.count("  * step") == len(results["runs"])  # one best point per run
+    run = results["runs"][0]
+    best = max(run["curve"][1:], key=lambda p: p["gold_reward"])
+    assert f"best gold at step {best['step']}: EOS {best['eos_rate']:.3f}" in text
+    assert f"length {best['length'] / results['sft']['length']:.2f}x SFT's" in text
+
+
 # ----------------------------------------------------------------------------- the shipped full run
 SHIPPED = ROOT / "data" / "results" / "frontier_full.json"
 NOTEBOOK_11 = ROOT / "notebooks" / "11_ppo_vs_dpo.ipynb"

@@ -3,6 +3,7 @@ left and right padding, a tiny training run on a toy task, and the shipped RM ag
 
 import copy
 import json
+import math
 import random
 
 import pytest
@@ -19,6 +20,7 @@ from pref_lab.reward_model import (
     agreement_with_gold_order,
     evaluate_pairs,
     group_pairs_by_prompt,
+    held_out_prompts,
     init_reward_model,
     load_reward_model,
     pairwise_loss,
@@ -223,6 +225,57 @@ def test_tiny_training_run_raises_accuracy(word_tokenizer, tmp_path):
     assert after["accuracy"] >= 0.85 and after["accuracy"] >= before["accuracy"] + 0.2
     assert after["loss"] < before["loss"]
     assert abs((after["chosen"] + after["rejected"]).mean().item()) < 1.0  # centering keeps rewards near 0
+
+
+def test_regularisers_do_what_they_say(word_tokenizer):
+    """freeze_embeddings leaves both embedding tables bit-identical while the rest trains; weight_decay shrinks
+    weights that get no gradient by exactly (1 - lr * wd) per step (AdamW's decoupled decay); dropout keeps the
+    config's dropout on while training, so two scorings of one batch differ, and off by default."""
+    pairs = toy_pairs(64, seed=0)
+    rm = tiny_rm(word_tokenizer)
+    before = {k: v.clone() for k, v in rm.state_dict().items()}
+    train_reward_model(rm, word_tokenizer, pairs, steps=3, prompts_per_step=2, lr=1e-2, freeze_embeddings=True,
+                       progress=False)
+    after = rm.state_dict()
+    for name in ("transformer.wte.weight", "transformer.wpe.weight"):
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["score.weight"], before["score.weight"])
+    # decoupled decay on an untouched parameter: position rows no text reaches get zero gradient
+    rm = tiny_rm(word_tokenizer)
+    row = rm.transformer.wpe.weight[-1].detach().clone()
+    lr, wd, steps = 1e-2, 0.5, 3
+    train_reward_model(rm, word_tokenizer, pairs, steps=steps, prompts_per_step=2, lr=lr, weight_decay=wd,
+                       center_coef=0.0, progress=False)
+    # LambdaLR decays lr linearly: step k (0-based) uses lr * (1 - k / steps)
+    factor = math.prod(1 - lr * (1 - k / steps) * wd for k in range(steps))
+    torch.testing.assert_close(rm.transformer.wpe.weight[-1].detach(), row * factor)
+    with pytest.raises(ValueError, match="weight_decay"):
+        train_reward_model(tiny_rm(word_tokenizer), word_tokenizer, pairs, steps=1, weight_decay=-1, progress=False)
+
+
+def test_dropout_switch(word_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=5, n_positions=16, n_embd=16, n_layer=1, n_head=2, pad_token_id=1, eos_token_id=0,
+                        bos_token_id=0, resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
+    GPT2LMHeadModel(config).save_pretrained(str(tmp_path), safe_serialization=True)
+    probabilities = {}
+    for dropout in (False, True):
+        rm = init_reward_model(tmp_path, seed=0)
+        train_reward_model(rm, word_tokenizer, toy_pairs(16, seed=0), steps=1, prompts_per_step=1, dropout=dropout,
+                           progress=False)
+        probabilities[dropout] = {m.p for m in rm.modules() if isinstance(m, torch.nn.Dropout)}
+    assert probabilities == {False: {0.0}, True: {0.5}}
+
+
+def test_held_out_prompts_is_the_feature_oracles_split():
+    """One seeded share of the distinct prompts, all samples of a prompt on one side; the same split the oracle
+    used before it called this helper (sorted prompts, random.Random(seed).sample)."""
+    pairs = [{"prompt": f"p{i % 37}", "chosen": "x", "rejected": "y"} for i in range(200)]
+    held = held_out_prompts(pairs, 0.1, seed=0)
+    prompts = sorted({p["prompt"] for p in pairs})
+    assert held == set(random.Random(0).sample(prompts, 3)) and len(held) == 3
+    assert held_out_prompts(pairs, 0.1, seed=0) == held and held_out_prompts(pairs, 0.1, seed=1) != held
+    assert len(held_out_prompts(pairs[:1], 0.1)) == 1  # at least one
 
 
 def test_group_pairs_by_prompt_lists_each_completion_once():

@@ -1,0 +1,68 @@
+"""The shipped results of scripts/overoptimise.py, scripts/tune_ppo.py and scripts/tune_rm.py: measured on the
+shipped weights, with the schedule and the sizes their docstrings promise, and chosen by their own rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pref_lab.config import data_path
+from pref_lab.ppo import PPOConfig
+
+pytestmark = pytest.mark.shipped  # reads the shipped data/
+
+
+def manifest_sha(asset: str, path: str) -> str:
+    return json.loads(data_path("manifest.json").read_text())["assets"][asset]["files"][path]["sha256"]
+
+
+def read(name: str) -> dict:
+    path = data_path("results", name)
+    if not path.exists():
+        pytest.skip(f"{path} is not shipped")
+    return json.loads(path.read_text())
+
+
+def test_overoptimisation_runs_are_of_the_shipped_world_and_complete():
+    over = read("ppo_overoptimisation.json")
+    rerun = "re-run scripts/overoptimise.py (after every `make assets` that changes the SFT model or the RM)"
+    assert over["world"] == {name: manifest_sha(name, f"models/{name}/model.safetensors") for name in ("sft", "rm")}, rerun
+    config = over["config"]
+    assert config["kl_coef"] == 0.0 and config["steps"] == 36
+    # every other setting is notebook 06's PPOConfig: only beta and the iterations differ from section 4's run
+    defaults = PPOConfig().__dict__
+    assert {k: v for k, v in config.items() if k not in ("kl_coef", "steps")} == {
+        k: v for k, v in defaults.items() if k not in ("kl_coef", "steps")}
+    assert sorted(run["seed"] for run in over["runs"]) == [0, 1, 2]
+    for run in over["runs"]:
+        assert [p["step"] for p in run["curve"]] == list(range(0, 37, over["eval_every"]))
+        assert run["curve"][0] == over["sft"] and [row["step"] for row in run["history"]] == list(range(1, 37))
+        for p in run["curve"]:
+            assert len(p["gold_rewards"]) == len(p["rm_scores"]) == over["eval_prompts"]
+            assert len(p["show"]) == len(over["show_prompts"])
+
+
+def test_ppo_tuning_chose_the_defaults_by_its_rule(load_script):
+    tuning = read("ppo_tuning.json")
+    assert tuning["world"] == {"sft": manifest_sha("sft", "models/sft/model.safetensors"),
+                               "rm": manifest_sha("rm", "models/rm/model.safetensors")}, "re-run scripts/tune_ppo.py"
+    chosen = load_script("tune_ppo").choose(tuning["runs"], tuning["sft_dev"]["length"])
+    assert chosen["settings"] == tuning["chosen"]
+    assert {k: getattr(PPOConfig(), k) for k in tuning["chosen"]} == tuning["chosen"]
+
+
+def test_rm_tuning_never_read_test_pairs_and_records_its_choice():
+    tuning = read("rm_tuning.json")
+    assert tuning["world"]["sft"] == manifest_sha("sft", "models/sft/model.safetensors"), "re-run scripts/tune_rm.py"
+    assert tuning["world"]["pairs"] == {f: manifest_sha("preferences", f)
+                                        for f in ("preferences/train.jsonl", "preferences/rm_extra.jsonl.gz")}
+    metrics = json.loads(data_path("manifest.json").read_text())["assets"]["oracle"]["metrics"]
+    # the same split as the feature oracle's L2 choice: its validation pairs are these
+    assert tuning["validation_pairs"] == metrics["validation_pairs"]
+    assert tuning["train_pairs"] + tuning["validation_pairs"] == metrics["train_pairs"]
+    if "chosen" in tuning:  # written once the grid is complete
+        best = max(tuning["runs"], key=lambda r: r["validation"]["accuracy"])
+        assert tuning["chosen"] == best["change"]
+    for run in tuning["runs"]:
+        assert run["curve"][-1]["step"] == tuning["steps"] and run["validation"] == run["curve"][-1]
