@@ -1,6 +1,6 @@
 """Over-optimisation, measured: PPO without its KL leash (kl_coef = 0), over several training seeds.
 
-    .venv/bin/python scripts/overoptimise.py --threads 1      # 3 seeds, about 4 min each on one thread
+    .venv/bin/python scripts/overoptimise.py --threads 2      # 3 seeds, a few minutes each on 2 quiet cores
 
 Notebook 06 trains PPO with ``PPOConfig``'s defaults for 12 iterations (its section 4) and then asks what the KL
 penalty does. Its section 6 runs the *same* PPO with ``kl_coef = 0`` for 12 iterations live (the controlled
@@ -12,9 +12,9 @@ Every run: ``PPOConfig()`` with ``kl_coef=0`` and ``steps=ITERATIONS``, the SFT 
 training prompts of ``preferences/train.jsonl`` (sorted, as in notebook 06), one seed of ``--seeds``. Every
 ``EVAL_EVERY`` iterations it is measured by :func:`pref_lab.world.evaluate_policy` on the first ``N_EVAL`` held-out
 prompts (the notebook's tiny preset: the same prompts and sampling seed as its live runs), per prompt so that
-points can be compared with paired standard errors, and samples a few of the notebook's display prompts. With one
-torch thread, as notebook 06 uses, seed 0 reproduces the notebook's live 12-iteration run exactly (the notebook
-prints both); other thread counts or devices round differently.
+points can be compared with paired standard errors, and samples a few of the notebook's display prompts. With two
+torch threads, as notebook 06 uses, seed 0 reproduces the notebook's live 12-iteration run on the same kind of CPU
+(the notebook prints both); other thread counts, CPUs or devices round differently.
 
 Writes ``data/results/ppo_overoptimisation.json`` after every seed; a re-run skips the seeds already there (it
 refuses a file measured with other SFT/RM weights: delete it to start over)::

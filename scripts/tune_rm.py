@@ -34,7 +34,7 @@ EVAL_EVERY = 300
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(data_path("results", "rm_tuning.json")))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
