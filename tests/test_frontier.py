@@ -189,8 +189,9 @@ def test_report_prints_every_point_and_marks_the_best(tiny_results, load_script,
     assert returned == json.loads(out.read_text())
     text = capsys.readouterr().out
     points = [p for run in results["runs"] for p in run["curve"][1:]]
-    assert text.count(" step ") == len(points)
-    assert text.count("  * step") == len(results["runs"])  # one best point per run
+    point_lines = [line for line in text.splitlines() if line.startswith(("    step", "  * step"))]
+    assert len(point_lines) == len(points)
+    assert sum(line.startswith("  * step") for line in point_lines) == len(results["runs"])  # one best point per run
     run = results["runs"][0]
     best = max(run["curve"][1:], key=lambda p: p["gold_reward"])
     assert f"best gold at step {best['step']}: EOS {best['eos_rate']:.3f}" in text
