@@ -50,7 +50,7 @@ class PPOConfig:
     ``steps``, the batch sizes, epochs and learning rate come from short runs in an earlier world of the course and
     were not re-tuned."""
 
-    steps: int = 12  # PPO iterations (notebook 06 runs 3x longer at beta = 0 to show over-optimisation)
+    steps: int = 12  # PPO iterations (scripts/overoptimise.py runs 3x longer at beta = 0 to show over-optimisation)
     batch_size: int = 32  # prompts (hence completions) per rollout
     minibatch_size: int = 16  # completions per gradient step
     ppo_epochs: int = 2  # passes over each rollout batch. The clipping is what makes reusing samples safe

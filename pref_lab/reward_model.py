@@ -188,8 +188,9 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
     Dropout is switched off, as TRL's ``RewardConfig(disable_dropout=True)`` default: two scorings of the same
     text would otherwise differ, adding noise to the margins r_c - r_r that the loss compares. Three regularisers
     can be switched on, for ``scripts/tune_rm.py`` to measure on validation pairs: ``weight_decay`` (AdamW's,
-    decoupled), ``dropout=True`` (the model config's dropout kept on while training; scoring is always in eval
-    mode) and ``freeze_embeddings=True`` (token and position embeddings stay the SFT model's).
+    decoupled, on every trained tensor, biases and LayerNorm included), ``dropout=True`` (the model config's dropout
+    kept on while training; scoring is always in eval mode) and ``freeze_embeddings=True`` (token and position
+    embeddings stay the SFT model's; they are trainable again when this function returns).
 
     Rows: ``{"step", "samples": 0, "pairs", "loss", "accuracy"}`` (``accuracy``: strict r_c > r_r on the step's
     own, noisy, training labels), with ``eval_fn(reward_model)`` (e.g. :func:`evaluate_pairs` on held-out pairs)
@@ -199,14 +200,14 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
     if prompts_per_step < 1:
         raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
     check_steps(steps, eval_every)
-    gen = seed_everything(seed)
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    gen = seed_everything(seed)
     if not dropout:
         disable_dropout(reward_model)
-    if freeze_embeddings:
-        for table in (reward_model.transformer.wte, reward_model.transformer.wpe):
-            table.weight.requires_grad_(False)
+    frozen = [reward_model.transformer.wte.weight, reward_model.transformer.wpe.weight] if freeze_embeddings else []
+    for table in frozen:
+        table.requires_grad_(False)
     groups = group_pairs_by_prompt(train_pairs)
     device = model_device(reward_model)
     trainable = [p for p in reward_model.parameters() if p.requires_grad]
@@ -235,4 +236,6 @@ def train_reward_model(reward_model, tokenizer, train_pairs: Sequence[Mapping], 
         log_step(history, row, reward_model, steps, eval_fn, eval_every, callback)
         bar.set_postfix(loss=f"{row['loss']:.3f}")
     reward_model.eval()
+    for table in frozen:  # the caller's model keeps no trace of the freeze (a value model copied from it trains all)
+        table.requires_grad_(True)
     return history

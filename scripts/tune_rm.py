@@ -1,17 +1,20 @@
-"""Choose the reward model's regulariser on *validation* pairs, never on the test pairs.
+"""Choose the reward model's learning rate or regulariser on *validation* pairs, never on the test pairs.
 
     .venv/bin/python scripts/tune_rm.py --threads 1      # 5 runs, about 14 min each on one thread
 
 The shipped RM (``RECIPES["full"]["rm"]``) is 6 points below the feature oracle on the test pairs while its accuracy
-on its own training batches is 10 points higher than on held-out pairs: it overfits its noisy labels. Each run here
+on its own training batches is 10 points higher than on held-out pairs. Would a smaller step or a regulariser close
+the gap? Each run here
 trains that recipe with one change of the grid on the reward model's training pairs minus a validation share of
 their prompts (:func:`pref_lab.reward_model.held_out_prompts`, the very prompts on which the feature oracle chooses
-its L2), with the steps scaled by the share kept, so every run makes as many passes over its pairs as the shipped
-RM. It is scored on the validation prompts' pairs every ``EVAL_EVERY`` steps; the rule, fixed before the runs: the
-highest validation accuracy at the last step. Test pairs are never read.
+its L2), with the steps scaled by the share kept, so every run makes as many passes over its prompts as the shipped
+RM. It is scored on the validation prompts' pairs every ``EVAL_EVERY`` steps; the rule, fixed before
+the runs: the highest validation accuracy at the last step (the earlier grid entry on a tie). One seed, and 3,598
+validation pairs from 387 prompts: differences of about a point are within noise. Test pairs are never read.
 
 Results go to ``data/results/rm_tuning.json`` after every run; a re-run skips the runs already there (delete the file
-to start over).
+to start over). Measured (the shipped file): the shipped recipe 0.689, lr 3e-4 0.701, weight decay 0.1 0.696,
+dropout 0.692, frozen embeddings 0.661, against the oracle's 0.757 on the same validation pairs: none closes the gap.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
                           for f in ("preferences/train.jsonl", "preferences/rm_extra.jsonl.gz")}}
     try:
         results = json.loads(open(args.out).read())
-        if results.get("world") != world_id:
-            raise SystemExit(f"{args.out} was measured with other SFT weights or pairs: delete it to start over")
+        if (results.get("world"), results.get("recipe"), results.get("steps")) != (world_id, recipe, steps):
+            raise SystemExit(f"{args.out} was measured with other SFT weights, pairs or recipe: delete it to start over")
     except FileNotFoundError:
         results = {"schema": "pref_lab.rm_tuning/1", "world": world_id, "recipe": recipe, "steps": steps,
                    "train_pairs": len(train), "validation_pairs": len(validation),

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pref_lab.assets import RECIPES
 from pref_lab.config import data_path
 from pref_lab.ppo import PPOConfig
 
@@ -18,10 +19,7 @@ def manifest_sha(asset: str, path: str) -> str:
 
 
 def read(name: str) -> dict:
-    path = data_path("results", name)
-    if not path.exists():
-        pytest.skip(f"{path} is not shipped")
-    return json.loads(path.read_text())
+    return json.loads(data_path("results", name).read_text())  # shipped: a missing file is a failure
 
 
 def test_overoptimisation_runs_are_of_the_shipped_world_and_complete():
@@ -52,7 +50,7 @@ def test_ppo_tuning_chose_the_defaults_by_its_rule(load_script):
     assert {k: getattr(PPOConfig(), k) for k in tuning["chosen"]} == tuning["chosen"]
 
 
-def test_rm_tuning_never_read_test_pairs_and_records_its_choice():
+def test_rm_tuning_never_read_test_pairs_and_records_its_choice(load_script):
     tuning = read("rm_tuning.json")
     assert tuning["world"]["sft"] == manifest_sha("sft", "models/sft/model.safetensors"), "re-run scripts/tune_rm.py"
     assert tuning["world"]["pairs"] == {f: manifest_sha("preferences", f)
@@ -61,8 +59,9 @@ def test_rm_tuning_never_read_test_pairs_and_records_its_choice():
     # the same split as the feature oracle's L2 choice: its validation pairs are these
     assert tuning["validation_pairs"] == metrics["validation_pairs"]
     assert tuning["train_pairs"] + tuning["validation_pairs"] == metrics["train_pairs"]
-    if "chosen" in tuning:  # written once the grid is complete
-        best = max(tuning["runs"], key=lambda r: r["validation"]["accuracy"])
-        assert tuning["chosen"] == best["change"]
+    script = load_script("tune_rm")
+    assert tuning["recipe"] == RECIPES["full"]["rm"] and [r["change"] for r in tuning["runs"]] == script.GRID
+    best = max(tuning["runs"], key=lambda r: r["validation"]["accuracy"])  # the first of equals, as the script
+    assert tuning["chosen"] == best["change"]
     for run in tuning["runs"]:
         assert run["curve"][-1]["step"] == tuning["steps"] and run["validation"] == run["curve"][-1]
