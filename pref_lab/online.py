@@ -80,6 +80,26 @@ def gold_judge(gold) -> Judge:
     return lambda prompts, completions: gold.gold_reward(list(completions))
 
 
+def bradley_terry_judge(gold, seed: int = 0) -> Judge:
+    """A *noisy human* as a judge: the gold reward plus independent standard Gumbel noise per sample.
+
+    With k = 2 samples per prompt the pair it picks is a Bradley–Terry draw, exactly as the shipped preference
+    labels were drawn (:func:`pref_lab.preferences.make_pairs`):
+
+        P(y_a chosen over y_b) = P(g_a + G_a > g_b + G_b) = sigma(g_a - g_b),   G ~ Gumbel(0, 1) i.i.d.,
+
+    since the difference of two standard Gumbels is standard logistic. (With k > 2 the argmax is a Plackett–Luce
+    draw of the best sample.) So it answers like "asking new humans" about fresh samples, flips included, where
+    :func:`gold_judge` gives the noise-free order. ``seed`` fixes its own noise stream (one per judge)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def judge(prompts, completions):
+        scores = torch.as_tensor(gold.gold_reward(list(completions))).float()
+        uniform = torch.rand(scores.shape, generator=generator).clamp_min(1e-12)
+        return scores - torch.log(-torch.log(uniform))  # + Gumbel(0, 1) noise: -log(-log U)
+    return judge
+
+
 # ----------------------------------------------------------------------------- pairing
 def select_pairs(texts: Sequence[Sequence[str]], scores: torch.Tensor, tie_tolerance: float = 0.0) -> dict:
     """One (chosen, rejected) pair per prompt from k judged completions, by the rule in the module docstring.
@@ -300,3 +320,50 @@ def distribution_shift(policy, tokenizer, prompts: Sequence[str], completions: S
     offline = mean_logprob(policy, tokenizer, prompts, completions, per_token)
     on_policy = mean_logprob(policy, tokenizer, prompts, fresh, per_token)
     return {"offline": offline, "on_policy": on_policy, "gap": on_policy - offline}
+
+
+@torch.no_grad()
+def log_ratios(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence,
+               batch_size: int = 64) -> torch.Tensor:
+    """Per-sequence log pi(y|x) - log pi_ref(y|x), shape (N,), for N given (prompt, completion) pairs.
+
+    ``completions``: texts (EOS appended, except to an :class:`pref_lab.models.Unfinished` text, which stays
+    cut off) or 1-D sampled id tensors used as they are: a finished text and a sample that ended with EOS are
+    thus treated alike, and so are a cut-off text and a sample that ran into the length limit.
+    """
+    if len(prompts) != len(completions) or len(prompts) == 0:
+        raise ValueError(f"need as many completions as prompts (and at least one), got {len(prompts)} and {len(completions)}")
+    device = same_device(policy=policy, reference=reference)
+    max_length = context_length(policy)
+    ratios = []
+    with evaluating(policy, reference):
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenize_completions(tokenizer, list(prompts[start:start + batch_size]),
+                                         list(completions[start:start + batch_size]), max_length=max_length,
+                                         first_row=start)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            ratios.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
+    return require_finite(torch.cat(ratios), "log_ratios")
+
+
+def log_ratio_shift(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence, *,
+                    max_new_tokens: int = 48, seed: int = 0) -> dict[str, list[float]]:
+    """Distribution shift as log pi/pi_ref on a fixed set of completions and on fresh ones, measured alike.
+
+    ``completions``: the fixed (offline) completion of each prompt, e.g. an offline pair's chosen side, as
+    texts (:class:`pref_lab.models.Unfinished` where the sample was cut off). One fresh sample y ~ pi(.|x) per
+    prompt is drawn (temperature 1, ``max_new_tokens``, sampling ``seed``) and scored as sampled. Returns the
+    per-prompt values (N each, for means and paired standard errors):
+
+    - ``offline``: log pi(y|x) - log pi_ref(y|x) on the fixed completions. Averaged over SFT samples it estimates
+      -KL(pi_ref || pi) <= 0: how much less likely the policy finds the reference's own text;
+    - ``fresh``: the same on the policy's own samples, whose mean estimates KL(pi || pi_ref) >= 0 (the KL every
+      evaluation reports).
+
+    At pi = pi_ref both are exactly 0. ``fresh - offline`` is how much more the policy likes its own text than
+    the offline data, in nats per sequence, relative to where the reference stood.
+    """
+    fresh = generate(policy, tokenizer, list(prompts), max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+                     progress=False, return_ids=True)
+    return {"offline": log_ratios(policy, reference, tokenizer, prompts, completions).tolist(),
+            "fresh": log_ratios(policy, reference, tokenizer, prompts, fresh).tolist()}

@@ -13,8 +13,11 @@ import pref_lab.online as online
 from pref_lab.models import completion_texts, generate
 from pref_lab.online import (
     OnlineDPOConfig,
+    bradley_terry_judge,
     distribution_shift,
     gold_judge,
+    log_ratio_shift,
+    log_ratios,
     mean_logprob,
     reward_model_judge,
     select_pairs,
@@ -216,3 +219,57 @@ def test_distribution_shift_is_zero_on_the_policys_own_samples(tokenizer, policy
     other = distribution_shift(policy, tokenizer, PROMPTS, ["c c c"] * len(PROMPTS), max_new_tokens=5, seed=3)
     assert other["on_policy"] == shift["on_policy"]  # same fresh samples, different fixed set
     assert other["gap"] == pytest.approx(other["on_policy"] - other["offline"])
+
+
+def test_log_ratios_match_the_bigram_tables_and_vanish_against_itself(word_tokenizer, bigram_lm):
+    """log pi - log pi_ref by hand from two bigram tables; text and Unfinished text differ by the EOS term only."""
+    from pref_lab.models import Unfinished
+    other = copy.deepcopy(bigram_lm)
+    with torch.no_grad():
+        other.table.add_(torch.randn(other.table.shape, generator=torch.Generator().manual_seed(0)))
+    lp, lq = (torch.log_softmax(m.table.detach(), -1) for m in (other, bigram_lm))
+    prompts = ["a", "a"]
+    got = log_ratios(other, bigram_lm, word_tokenizer, prompts, ["c b", Unfinished("c b")])
+    # "a" -> c, c -> b, then b -> EOS for the finished text only
+    cut = (lp[2, 4] - lq[2, 4]) + (lp[4, 3] - lq[4, 3])
+    assert got.tolist() == pytest.approx([(cut + lp[3, 0] - lq[3, 0]).item(), cut.item()], abs=1e-5)
+    assert log_ratios(bigram_lm, bigram_lm, word_tokenizer, prompts, ["c b", "c"]).abs().max() == 0
+
+
+def test_log_ratio_shift_is_zero_at_the_reference_and_scores_fresh_samples_as_sampled(tokenizer, policy):
+    fixed = ["c c c"] * len(PROMPTS)
+    at_start = log_ratio_shift(policy, copy.deepcopy(policy), tokenizer, PROMPTS, fixed, max_new_tokens=5, seed=3)
+    assert set(at_start) == {"offline", "fresh"} and len(at_start["fresh"]) == len(PROMPTS)
+    assert max(map(abs, at_start["offline"] + at_start["fresh"])) < 1e-5  # pi = pi_ref: log pi/pi_ref = 0
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    moved = log_ratio_shift(policy, reference, tokenizer, PROMPTS, fixed, max_new_tokens=5, seed=3)
+    fresh = generate(policy, tokenizer, PROMPTS, max_new_tokens=5, seed=3, progress=False, return_ids=True)
+    assert moved["fresh"] == pytest.approx(log_ratios(policy, reference, tokenizer, PROMPTS, fresh).tolist())
+    # averaged over the policy's own samples the log-ratio estimates KL(pi || pi_ref) >= 0
+    assert sum(moved["fresh"]) / len(PROMPTS) > 0
+
+
+class _FixedGold:
+    def __init__(self, values):
+        self.values = values
+
+    def gold_reward(self, texts):
+        return torch.tensor([self.values[t] for t in texts])
+
+
+def test_bradley_terry_judge_picks_like_the_shipped_labels():
+    """With k = 2 the judge's pick is a Bradley–Terry draw: P(a chosen) = sigma(g_a - g_b) (Gumbel-max trick)."""
+    gold = _FixedGold({"a": 1.2, "b": 0.0, "c": -0.5})
+    judge = bradley_terry_judge(gold, seed=0)
+    n = 20000
+    for first, second in (("a", "b"), ("b", "c"), ("c", "a")):
+        scores = judge(["x"] * 2 * n, [first, second] * n).view(n, 2)
+        share = (scores[:, 0] > scores[:, 1]).double().mean().item()
+        expected = torch.sigmoid(torch.tensor(gold.values[first] - gold.values[second])).item()
+        assert share == pytest.approx(expected, abs=4 * (expected * (1 - expected) / n) ** 0.5)
+    again = bradley_terry_judge(gold, seed=0)(["x"] * 4, ["a", "b", "a", "b"])
+    assert torch.equal(again, bradley_terry_judge(gold, seed=0)(["x"] * 4, ["a", "b", "a", "b"]))
+    assert not torch.equal(again, bradley_terry_judge(gold, seed=1)(["x"] * 4, ["a", "b", "a", "b"]))

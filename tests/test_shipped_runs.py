@@ -1,5 +1,5 @@
-"""The shipped results of scripts/overoptimise.py, scripts/tune_ppo.py and scripts/tune_rm.py: measured on the
-shipped weights, with the schedule and the sizes their docstrings promise, and chosen by their own rules."""
+"""The shipped results of scripts/overoptimise.py, scripts/tune_ppo.py, scripts/tune_rm.py and scripts/online_2x2.py:
+measured on the shipped weights, with the schedule and the sizes their docstrings promise, and chosen by their own rules."""
 
 from __future__ import annotations
 
@@ -65,3 +65,36 @@ def test_rm_tuning_never_read_test_pairs_and_records_its_choice(load_script):
     assert tuning["chosen"] == best["change"]
     for run in tuning["runs"]:
         assert run["curve"][-1]["step"] == tuning["steps"] and run["validation"] == run["curve"][-1]
+
+
+def test_online_2x2_has_every_arm_and_seed_at_one_budget(load_script):
+    """scripts/online_2x2.py: the shipped world, every arm x >= 3 seeds, the same steps and pairs for every arm,
+    and counts that match what each arm is said to consume."""
+    script, shipped = load_script("online_2x2"), read("online_2x2.json")
+    assert shipped["world"] == {"sft": manifest_sha("sft", "models/sft/model.safetensors"),
+                                "rm": manifest_sha("rm", "models/rm/model.safetensors"),
+                                "train_pairs": manifest_sha("preferences", "preferences/train.jsonl")}, \
+        "re-run scripts/online_2x2.py (after every `make assets` that changes the SFT model, the RM or the pairs)"
+    settings = shipped["settings"]
+    assert (settings["steps"], settings["batch"], settings["lr"], settings["beta"], settings["eval_every"]) == (
+        script.STEPS, script.BATCH, script.LR, script.BETA, script.EVAL_EVERY)
+    assert settings["live_steps"] % settings["eval_every"] == 0  # notebook 10's live slice ends on a shipped point
+    seeds = {arm: sorted(run["seed"] for run in shipped["runs"] if run["arm"] == arm) for arm in script.ARMS}
+    assert all(s == [0, 1, 2] for s in seeds.values()), seeds
+    pool = json.loads(data_path("manifest.json").read_text())["assets"]["preferences"]["metrics"]["train"]["pairs"]
+    for run in shipped["runs"]:
+        c, budget = run["counts"], settings["steps"] * settings["batch"]
+        assert [p["step"] for p in run["curve"]] == list(range(settings["eval_every"], settings["steps"] + 1,
+                                                               settings["eval_every"]))
+        assert len(run["curve"][-1]["gold_rewards"]) == settings["eval_prompts"]
+        assert len(run["shift"]["offline"]) == len(run["shift"]["fresh"]) == settings["shift_prompts"]
+        if run["arm"].startswith("offline/"):
+            assert (c["gradient_steps"], c["pairs_trained"], c["samples_generated"], c["offline_pool_pairs"]) == (
+                settings["steps"], budget, 0, pool)
+        else:  # one round per step, one pair per prompt unless the two samples tie or are identical
+            assert c["samples_generated"] == 2 * budget and c["offline_pool_pairs"] == 0
+            assert c["gradient_steps"] == settings["steps"] and 0.9 * budget <= c["pairs_trained"] <= budget
+        labels = {"offline/human": (0, 0, 0), "offline/rm": (0, pool, 0), "fresh/rm": (0, c["pairs_trained"], 0),
+                  "fresh/human": (c["pairs_trained"], 0, 0), "fresh/gold": (0, 0, c["pairs_trained"])}[run["arm"]]
+        assert (c["new_human_labels"], c["rm_labels"], c["gold_labels"]) == labels, run["arm"]
+        assert run["arm"] != "fresh/gold" or run["label_agreement"] == 1.0
