@@ -35,9 +35,10 @@ refuses a file measured with other weights or settings (delete it to start over)
 
     {"schema": "pref_lab.online_2x2/1", "world": {"sft", "rm", "train_pairs": sha256}, "settings": {...},
      "environment": {"torch", "threads"}, "sft": POINT, "shift_prompts": [str],
-     "runs": [{"arm", "seed", "curve": [POINT, ...],       # step 0 = the SFT point, then every EVAL_EVERY steps
+     "runs": [{"arm", "seed", "curve": [POINT, ...],       # every EVAL_EVERY steps (step 0 is "sft", stored once)
                "shift": {"offline": [N floats], "fresh": [N floats]},
-               "label_agreement": float,                  # share of trained pairs the gold judge orders alike
+               "label_agreement": float,    # share the gold judge orders alike: fresh arms, of the pairs they labelled;
+                                            # offline arms, of their whole pool (the trained pairs are a random subset)
                "counts": {"gradient_steps", "pairs_trained", "samples_generated", "new_human_labels",
                           "rm_labels", "gold_labels", "offline_pool_pairs"},   # labels: pairs labelled
                "train_seconds", "eval_seconds"}, ...]}
@@ -95,8 +96,9 @@ def rm_relabelled(pairs: list[dict], reward_model, tokenizer) -> tuple[list[dict
 
 
 def shift_set(pairs: list[dict], n: int, seed: int = SHIFT_SEED) -> tuple[list[str], list]:
-    """``n`` training prompts (the first of the sorted distinct ones) and, for each, one of its SFT samples drawn
-    at random (either side of any pair: neither the chosen nor the rejected side is favoured)."""
+    """``n`` training prompts (the first of the sorted distinct ones: in this world all of one instruction template)
+    and, for each, one of its distinct SFT sample texts drawn uniformly (either side of any pair, so neither the chosen
+    nor the rejected side is favoured; a text the SFT model sampled twice counts once)."""
     samples: dict[str, dict[str, object]] = {}
     for side in ("chosen", "rejected"):
         for pair, text in zip(pairs, pair_completions(pairs, side)):
