@@ -42,10 +42,8 @@ from transformers import PreTrainedTokenizerBase
 from .config import data_path, get_device, same_device
 from .data import CORPUS_FILE, read_jsonl
 from .judge import load_gold_judge
-from .logprobs import require_finite, sequence_logprobs, tokenize_completions
 from .models import (
     check_finite_parameters,
-    context_length,
     eos_rate,
     evaluating,
     format_prompt,
@@ -53,6 +51,7 @@ from .models import (
     load_model,
     load_tokenizer,
 )
+from .online import log_ratios
 from .reward_model import load_reward_model, score_texts
 from .sft import REVIEW_INSTRUCTIONS
 
@@ -175,20 +174,14 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
     reward model). Modes are restored after.
     """
     reference = world.sft if reference is None else reference
-    device = same_device(policy=policy, reference=reference)
+    same_device(policy=policy, reference=reference)
     check_finite_parameters(policy, "evaluate_policy")  # a NaN model would crash inside the sampler
     tokenizer, prompts = world.tokenizer, world.eval_prompts
     with evaluating(policy, reference):
         ids = generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=1.0,
                        batch_size=EVAL_BATCH_SIZE, seed=seed, progress=False, return_ids=True)
-        kl = []
-        for start in range(0, len(prompts), EVAL_BATCH_SIZE):
-            batch = tokenize_completions(tokenizer, prompts[start:start + EVAL_BATCH_SIZE],
-                                         ids[start:start + EVAL_BATCH_SIZE], max_length=context_length(policy),
-                                         first_row=start)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            kl.append((sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
-    kl_mean, kl_sem = mean_sem(require_finite(torch.cat(kl), "evaluate_policy: sequence KL of the samples"))
+        kl = log_ratios(policy, reference, tokenizer, prompts, ids, batch_size=EVAL_BATCH_SIZE)  # per sample (k1)
+    kl_mean, kl_sem = mean_sem(kl)
     scores = score_samples(world, ids, per_prompt)
     rm_scores = score_texts(world.reward_model, tokenizer, prompts, ids) if world.reward_model is not None else None
     point = {"gold_reward": scores["gold_reward"], "gold_reward_sem": scores["gold_reward_sem"], "kl": kl_mean,
