@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tests and notebooks never touch the network: all models and data ship in data/.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup course test lab assets lint clean
+.PHONY: setup course test lab assets results frontier tuning lint clean
 
 setup: $(STAMP)  ## create .venv and install pinned requirements + pref_lab (no-op when up to date)
 
@@ -33,6 +33,19 @@ lab: setup  ## open JupyterLab on the notebooks
 
 assets: setup  ## rebuild every shipped asset under data/ (about 70 min; stage times in data/manifest.json)
 	$(BIN)/python -m pref_lab.assets
+
+results: setup  ## recompute the experiments under data/results/ that the notebooks read (times: README, "Recomputing")
+	$(OFFLINE) $(BIN)/python scripts/frontier.py --jobs 2 --resume
+	$(OFFLINE) $(BIN)/python scripts/online_2x2.py
+	$(OFFLINE) $(BIN)/python scripts/overoptimise.py --threads 2
+	$(OFFLINE) $(BIN)/python scripts/dpo_beta_sweep.py
+
+frontier: setup  ## recompute data/results/frontier_full.json alone (3 seeds; finishes an interrupted run)
+	$(OFFLINE) $(BIN)/python scripts/frontier.py --jobs 2 --resume
+
+tuning: setup  ## recompute the development-split tuning files (ppo_tuning.json, rm_tuning.json)
+	$(OFFLINE) $(BIN)/python scripts/tune_ppo.py --threads 2
+	$(OFFLINE) $(BIN)/python scripts/tune_rm.py --threads 1
 
 lint: setup
 	$(BIN)/ruff check pref_lab tests scripts solutions

@@ -93,9 +93,13 @@ def ipo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, b
 
 
 def hinge_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float) -> torch.Tensor:
-    """Hinge (SLiC): max(0, 1 - beta * h).  Zhao et al. 2023, arXiv:2305.10425 (TRL ``loss_type="hinge"``).
+    """Hinge on the reference-normalised likelihood (RSO's "hinge-norm"): max(0, 1 - beta * h).  Liu et al. 2023,
+    arXiv:2309.06657 (TRL ``loss_type="hinge"``).
 
-    Zero loss, hence zero gradient, once the margin beta*h exceeds 1: confident pairs stop training.
+    SLiC's calibration loss (Zhao et al. 2023, arXiv:2305.10425) is a hinge on the policy's own log-likelihoods,
+    max(0, delta - log pi(y_w|x) + log pi(y_l|x)), with no reference; RSO put SLiC's hinge on DPO's
+    log-ratios h, which is this loss. Zero loss, hence zero gradient, once the margin beta*h exceeds 1: confident
+    pairs stop training.
     """
     return torch.relu(1 - beta * _margin(chosen_logratios, rejected_logratios, beta))
 

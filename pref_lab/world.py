@@ -43,7 +43,9 @@ from .config import data_path, get_device, same_device
 from .data import CORPUS_FILE, read_jsonl
 from .judge import load_gold_judge
 from .models import (
+    Unfinished,
     check_finite_parameters,
+    completion_texts,
     eos_rate,
     evaluating,
     format_prompt,
@@ -163,7 +165,8 @@ def score_samples(world: World, completion_ids: Sequence[torch.Tensor], per_prom
 
 @torch.no_grad()
 def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = None, *,
-                    max_new_tokens: int = MAX_NEW_TOKENS, seed: int = EVAL_SEED, per_prompt: bool = False) -> dict:
+                    max_new_tokens: int = MAX_NEW_TOKENS, seed: int = EVAL_SEED, per_prompt: bool = False,
+                    examples: int = 0) -> dict:
     """Measure ``policy`` on the world's held-out prompts (module docstring): one sample per prompt.
 
     ``reference``: the model the KL is measured against (default: the world's SFT model), on the policy's device.
@@ -171,7 +174,9 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
     ``rm_score`` (the proxy's view of the same samples; NaN without a reward model), ``eos_rate``, ``length`` (mean
     completion tokens, EOS included) and ``samples`` (how many were drawn); with ``per_prompt`` also
     ``gold_rewards`` and ``rm_scores`` (one per prompt, for :func:`paired_difference`; ``rm_scores`` only with a
-    reward model). Modes are restored after.
+    reward model). ``examples`` > 0 adds ``examples``: the first that many completions as the judge reads them
+    (:func:`pref_lab.models.completion_texts`: a cut-off one is marked unfinished), to show next to the numbers.
+    Modes are restored after.
     """
     reference = world.sft if reference is None else reference
     same_device(policy=policy, reference=reference)
@@ -192,6 +197,9 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
         point["gold_rewards"] = scores["gold_rewards"]
         if rm_scores is not None:
             point["rm_scores"] = rm_scores.tolist()
+    if examples > 0:
+        point["examples"] = [{"text": str(t), "finished": not isinstance(t, Unfinished)}
+                             for t in completion_texts(tokenizer, ids[:examples])]
     return point
 
 

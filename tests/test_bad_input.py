@@ -23,12 +23,21 @@ from pref_lab.data import load_corpus, load_preferences, read_jsonl, validate_re
 from pref_lab.dpo import dpo_loss, implicit_rewards, train_dpo
 from pref_lab.logprobs import tokenize_completions
 from pref_lab.losses import ipo_loss, kto_loss, simpo_loss
-from pref_lab.models import format_prompt, generate, load_model, make_config, save_model, train_tokenizer
+from pref_lab.models import (
+    Unfinished,
+    completion_texts,
+    format_prompt,
+    generate,
+    load_model,
+    make_config,
+    save_model,
+    train_tokenizer,
+)
 from pref_lab.online import OnlineDPOConfig, train_online_dpo
 from pref_lab.ppo import PPOConfig, make_value_model, train_ppo
 from pref_lab.real_model import load_real_model
 from pref_lab.reward_model import evaluate_pairs, init_reward_model, score_texts, train_reward_model
-from pref_lab.world import World, evaluate_policy
+from pref_lab.world import EVAL_BATCH_SIZE, EVAL_SEED, MAX_NEW_TOKENS, World, evaluate_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -280,6 +289,13 @@ def test_evaluate_policy_per_prompt_lists_match_its_means(tokenizer, lm, rm):
     assert per["gold_rewards"] == pytest.approx([-1.0, -1 / 3, 1 / 3, 1.0])
     assert len(per["rm_scores"]) == 4 and per["rm_score"] == pytest.approx(sum(per["rm_scores"]) / 4)
     assert {k: v for k, v in per.items() if k not in ("gold_rewards", "rm_scores")} == plain  # the same samples
+    shown = evaluate_policy(lm, world, examples=2)
+    assert {k: v for k, v in shown.items() if k != "examples"} == plain  # the same samples, two of them shown
+    texts = completion_texts(tokenizer, generate(lm, tokenizer, world.eval_prompts, max_new_tokens=MAX_NEW_TOKENS,
+                                                 temperature=1.0, batch_size=EVAL_BATCH_SIZE, seed=EVAL_SEED,
+                                                 progress=False, return_ids=True))
+    assert len(shown["examples"]) == 2 and shown["examples"][0]["text"] == str(texts[0])
+    assert shown["examples"][0]["finished"] == (not isinstance(texts[0], Unfinished))
 
 
 # ----------------------------------------------------------------------------- 6. environment

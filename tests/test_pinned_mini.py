@@ -6,7 +6,8 @@ numbers they gave before the package's top floor was reorganised (issue 15).
 stages for the DPO checkpoint and the mini RewardBench), and rewritten on purpose for issue 16 (the honest gold
 judge: bounded sentiment, a reader, repetition and cut-off rules; cut-off samples kept in the pairs; the feature
 oracle stage; 4 samples per prompt in rm_extra), and again when the development prompts moved from
-train-split movies to a third of the test-split movies (the held-out prompts are the other two thirds).
+train-split movies to a third of the test-split movies (the held-out prompts are the other two thirds), and
+when the frontier's points gained their per-prompt gold rewards and example texts (every number before it unchanged).
 A refactor must leave every number here unchanged; a change that *means* to change them (a new world, a new
 recipe) rewrites the pin in the same commit and says why:
 
