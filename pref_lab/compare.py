@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .world import mean_sem
+
 # two-sided 95% quantiles of Student's t, t(0.975, df), by degrees of freedom (scipy.stats.t.ppf(0.975, df))
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -46,16 +48,9 @@ def at_kl(curve: Sequence[dict], budget: float, key: str = "gold_reward", along:
     return None
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error (sample std with n - 1, over sqrt n) of per-seed values; s.e. NaN for one value."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("mean_se needs at least one value")
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-
-
 def seed_curve(runs: Sequence[dict], keys: Sequence[str] = ("kl", "gold_reward", "eos_rate", "length")) -> list[dict]:
-    """One setting's curves averaged over its seeds, point by point: ``{"step", key: mean, key + "_se": s.e.}``.
+    """One setting's curves averaged over its seeds, point by point: ``{"step", key: mean, key + "_se": s.e.}``
+    (:func:`pref_lab.world.mean_sem` over the seeds, the course's one mean-and-s.e.).
 
     runs: the setting's runs (one per seed), evaluated on the same schedule (same steps), else ``ValueError``.
     """
@@ -66,7 +61,7 @@ def seed_curve(runs: Sequence[dict], keys: Sequence[str] = ("kl", "gold_reward",
     for i, step in enumerate(steps[0]):
         point = {"step": step}
         for key in keys:
-            point[key], point[key + "_se"] = mean_se([run["curve"][i][key] for run in runs])
+            point[key], point[key + "_se"] = mean_sem([run["curve"][i][key] for run in runs])
         out.append(point)
     return out
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from pref_lab.compare import T_975, at_kl, mean_se, seed_curve, welch
+from pref_lab.compare import T_975, at_kl, seed_curve, welch
 
 
 def curve(kls, golds):
@@ -31,9 +31,7 @@ def test_at_kl_takes_the_first_time_a_curve_reaches_the_budget():
     assert at_kl(c, 2.5) == pytest.approx(2.5)  # between the first two points, not between 2.0 and 5.0
 
 
-def test_mean_se_and_seed_curve():
-    assert mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1 / math.sqrt(3)))
-    assert math.isnan(mean_se([4.0])[1])
+def test_seed_curve_averages_the_seeds_point_by_point():
     runs = [{"curve": curve([0.0, 1.0 + s], [0.0, 2.0 * s]) } for s in (0, 1, 2)]
     for run in runs:
         for p in run["curve"]:
