@@ -198,9 +198,14 @@ def evaluate_policy(policy, world: World, reference: torch.nn.Module | None = No
         if rm_scores is not None:
             point["rm_scores"] = rm_scores.tolist()
     if examples > 0:
-        point["examples"] = [{"text": str(t), "finished": not isinstance(t, Unfinished)}
-                             for t in completion_texts(tokenizer, ids[:examples])]
+        point["examples"] = example_records(tokenizer, ids[:examples])
     return point
+
+
+def example_records(tokenizer, completion_ids: Sequence[torch.Tensor]) -> list[dict]:
+    """Samples as results files store them, ``{"text", "finished"}`` each: the text as the judge reads it
+    (:func:`pref_lab.models.completion_texts`), and whether the sample ended with EOS."""
+    return [{"text": str(t), "finished": not isinstance(t, Unfinished)} for t in completion_texts(tokenizer, completion_ids)]
 
 
 def sft_point(world: World, **settings) -> dict:

@@ -106,7 +106,7 @@ import transformers
 from pref_lab.config import DATA_DIR, model_device, seed_everything
 from pref_lab.data import read_jsonl, validate_records
 from pref_lab.dpo import train_dpo
-from pref_lab.models import Unfinished, completion_texts, generate
+from pref_lab.models import generate
 from pref_lab.online import OnlineDPOConfig, gold_judge, reward_model_judge, train_online_dpo
 from pref_lab.ppo import PPOConfig, make_value_model, train_ppo
 from pref_lab.reward_model import score_texts
@@ -118,6 +118,7 @@ from pref_lab.world import (
     MAX_NEW_TOKENS,
     World,
     evaluate_policy,
+    example_records,
     load_world,
     score_samples,
     sft_point,
@@ -330,8 +331,7 @@ def run_best_of_n(world: World, config: dict, sft: dict) -> list[dict]:
             scores[i] += new_scores[i * extra:(i + 1) * extra].tolist()
         picks, best_scores = best_of_n(torch.tensor(scores))
         chosen = [ids[i][int(j)] for i, j in enumerate(picks)]
-        examples = [{"text": str(t), "finished": not isinstance(t, Unfinished)}
-                    for t in completion_texts(tokenizer, chosen[:EXAMPLES])]
+        examples = example_records(tokenizer, chosen[:EXAMPLES])
         point = {"step": n, **score_samples(world, chosen, per_prompt=True), "examples": examples,
                  "kl": best_of_n_kl(n), "kl_sem": 0.0,
                  "kl_kind": "analytic_bound", "rm_score": best_scores.mean().item(), "train_seconds": meter.train_seconds(),
