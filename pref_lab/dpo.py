@@ -319,6 +319,14 @@ def _pair_batches(n_pairs: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
+def pairs_drawn(n_pairs: int, batch_size: int, steps: int, seed: int) -> list[int]:
+    """The indices of the pairs that ``train_dpo(..., batch_size=batch_size, steps=steps, seed=seed)`` trains on, in
+    order (a pair drawn again in a later epoch appears again): the same seeded generator drawing the same batches.
+    For asking what information a run had, e.g. to train another model on exactly those pairs."""
+    batches = _pair_batches(n_pairs, batch_size, seed_everything(seed))
+    return [i for _ in range(steps) for i in next(batches).tolist()]
+
+
 def train_dpo(
     policy,
     reference,

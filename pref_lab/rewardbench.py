@@ -91,15 +91,63 @@ def section_scores(subset_results: Mapping[str, Mapping], sections: Mapping[str,
     return out
 
 
+def score_standard_error(values: torch.Tensor, subsets: Sequence[str],
+                         sections: Mapping[str, Sequence[str]] = SECTIONS) -> dict:
+    """Standard errors of RewardBench's numbers for per-pair ``values`` (P,): 0/1 correctness for one model, or the
+    per-pair difference of two models' correctness (values in {-1, 0, 1}) for a *paired* comparison on the same pairs.
+
+    Each number is a weighted mean of the values, score = sum_i w_i v_i (w_i = 1/(n_sections * N_sec(i)), module
+    docstring), and the pairs of a subset are treated as draws from it, so (stratified by subset)
+
+        se(subset s)^2 = var_s / n_s,   se(section)^2 = sum_{s in section} n_s var_s / N_sec^2,
+        se(score)^2   = sum_sections se(section)^2 / n_sections^2,
+
+    with var_s the sample variance (n_s - 1 in the denominator) of the values in subset s: sqrt(a(1-a)/(n-1)) for an
+    accuracy a. Returns ``{"subsets": {name: se}, "sections": {name: se}, "score": se}``.
+    """
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() != 1 or len(values) != len(subsets):
+        raise ValueError(f"{len(subsets)} subset names but values of shape {tuple(values.shape)}")
+    section_scores({s: {"accuracy": 0.0, "n": 1} for s in subsets}, sections)  # the same check on stray subsets
+    names = list(subsets)
+    n, var = {}, {}
+    for name in dict.fromkeys(names):
+        v = values[torch.tensor([s == name for s in names])]
+        n[name], var[name] = len(v), (v.var().item() if len(v) > 1 else 0.0)
+    per_section = {}
+    for section, members in sections.items():
+        present = [s for s in members if s in n]
+        if present:
+            total = sum(n[s] for s in present)
+            per_section[section] = sum(n[s] * var[s] for s in present) ** 0.5 / total
+    return {"subsets": {s: (var[s] / n[s]) ** 0.5 for s in n}, "sections": per_section,
+            "score": sum(v ** 2 for v in per_section.values()) ** 0.5 / len(per_section)}
+
+
 def rewardbench_results(subsets: Sequence[str], chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
                         sections: Mapping[str, Sequence[str]] = SECTIONS) -> dict:
     """RewardBench's report for one model: ``{"subsets": {name: {"accuracy", "n"}}, "sections": {name: acc},
-    "score": mean of the section accuracies, "accuracy": plain mean over all pairs}``."""
+    "score": mean of the section accuracies, "accuracy": plain mean over all pairs, "correct": (P,) bool}``, with
+    the standard errors of :func:`score_standard_error` as ``"subset_se"``, ``"section_se"`` and ``"score_se"``."""
     correct = pairwise_correct(chosen_scores, rejected_scores)
     per_subset = subset_accuracies(subsets, correct)
     per_section = section_scores(per_subset, sections)
-    return {"subsets": per_subset, "sections": per_section,
-            "score": sum(per_section.values()) / len(per_section), "accuracy": correct.float().mean().item()}
+    se = score_standard_error(correct.double(), subsets, sections)
+    return {"subsets": per_subset, "subset_se": se["subsets"], "sections": per_section, "section_se": se["sections"],
+            "score": sum(per_section.values()) / len(per_section), "score_se": se["score"],
+            "accuracy": correct.float().mean().item(), "correct": correct}
+
+
+def paired_score_difference(a: Mapping, b: Mapping, subsets: Sequence[str],
+                            sections: Mapping[str, Sequence[str]] = SECTIONS) -> dict:
+    """Model a minus model b on the same pairs: ``{"score", "score_se", "sections", "section_se"}``, the differences of
+    their RewardBench score and section scores, with *paired* standard errors from the per-pair differences of their
+    correctness (:func:`score_standard_error`); ``a`` and ``b`` are :func:`rewardbench_results` of the same pairs."""
+    if len(a["correct"]) != len(b["correct"]) or len(a["correct"]) != len(subsets):
+        raise ValueError(f"results of {len(a['correct'])} and {len(b['correct'])} pairs for {len(subsets)} subset names")
+    se = score_standard_error(a["correct"].double() - b["correct"].double(), subsets, sections)
+    return {"score": a["score"] - b["score"], "score_se": se["score"],
+            "sections": {k: a["sections"][k] - b["sections"][k] for k in a["sections"]}, "section_se": se["sections"]}
 
 
 # ----------------------------------------------------------------------------- scorers

@@ -11,7 +11,8 @@ number of prompts, so every run makes the same number of passes over its own pro
 over all of them. Fraction 1 *is* the shipped RM (same recipe, seed and pairs in the same order), so its numbers
 are read from the manifest, not re-trained.
 
-Writes ``data/results/rm_data_scaling.json`` (read by notebook 04): per fraction its train-movie prompts, texts, pairs
+Writes ``data/results/rm_data_scaling.json`` (the shipped file is quoted by the RM-vs-oracle test's reason in
+``tests/test_reward_model.py``): per fraction its train-movie prompts, texts, pairs
 and steps, the accuracy on the test pairs and the agreement with the gold order. The held-out accuracy is only
 monitored, never used to pick anything. Re-run it after every ``make assets`` that changes the pairs or the RM.
 """

@@ -15,6 +15,7 @@ from pref_lab.dpo import (
     dpo_metrics,
     evaluate_dpo,
     implicit_rewards,
+    pairs_drawn,
     precompute_reference_logps,
     train_dpo,
 )
@@ -280,6 +281,27 @@ def test_precomputed_reference_gives_the_same_training(tokenizer):
                               seed=0, progress=False, precompute_ref_logps=precompute))
     for a, b in zip(*runs, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_pairs_drawn_are_the_pairs_train_dpo_trains_on(tokenizer, monkeypatch):
+    import pref_lab.dpo as dpo_module
+
+    data = toy_preferences(tokenizer, n=7)
+    reference = tiny_gpt2(tokenizer)
+    batches, real_batch = [], dpo_module.dpo_batch
+
+    def recording(policy, reference, tokenizer, prompts, *args, **kwargs):
+        batches.append([int(p.split("Movie ")[1].split(".")[0]) for p in prompts])  # which toy pair (its movie number)
+        return real_batch(policy, reference, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(dpo_module, "dpo_batch", recording)
+    train_dpo(copy.deepcopy(reference), reference, tokenizer, data, beta=BETA, steps=5, batch_size=3, lr=1e-3, seed=4,
+              progress=False)
+    drawn = pairs_drawn(len(data), batch_size=3, steps=5, seed=4)
+    assert [i for b in batches for i in b] == drawn and len(drawn) == 15
+    # two full batches per epoch of 7 pairs (the remainder is dropped), each epoch a permutation of its own
+    assert len(set(drawn[:6])) == 6 and len(set(drawn[6:12])) == 6
+    assert pairs_drawn(len(data), 3, 5, seed=5) != drawn
 
 
 def test_train_dpo_nan_loss_names_the_step(tokenizer):

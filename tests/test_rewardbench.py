@@ -222,3 +222,35 @@ def test_sum_score_is_the_shared_sequence_logprob(word_tokenizer, bigram_lm):
     torch.testing.assert_close(scores["sum"], expected)
     with pytest.raises(ValueError, match=r"expected \(6,\)"):
         E.results_from_scores([{"subset": "negation"}] * 3, torch.zeros(5))
+
+
+def test_standard_errors_by_hand():
+    # section "x": subset a (2 pairs: 1, 0), subset b (3 pairs: 1, 1, 0); section "y": subset c (2 pairs: 1, 1)
+    subsets = ["a", "a", "b", "b", "b", "c", "c"]
+    chosen = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    result = E.rewardbench_results(subsets, chosen, torch.full((7,), 0.5), sections={"x": ("a", "b"), "y": ("c",)})
+    # sample variances: a: var(1, 0) = 0.5; b: var(1, 1, 0) = 1/3; c: 0
+    assert result["subset_se"] == pytest.approx({"a": (0.5 / 2) ** 0.5, "b": (1 / 9) ** 0.5, "c": 0.0})
+    x = (2 * 0.5 + 3 / 3) ** 0.5 / 5  # sqrt(sum n_s var_s) / N_sec
+    assert result["section_se"] == pytest.approx({"x": x, "y": 0.0})
+    assert result["score_se"] == pytest.approx(x / 2)  # sqrt(x^2 + 0^2) / 2 sections
+    assert result["correct"].tolist() == [True, False, True, True, False, True, True]
+
+
+def test_paired_difference_of_scores():
+    subsets = ["a"] * 4 + ["c"] * 2
+    sections = {"x": ("a",), "y": ("c",)}
+    a = E.rewardbench_results(subsets, torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0]), torch.zeros(6), sections)
+    b = E.rewardbench_results(subsets, torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0]), torch.zeros(6), sections)
+    diff = E.paired_score_difference(a, b, subsets, sections)
+    assert diff["score"] == pytest.approx(a["score"] - b["score"]) and diff["score"] == pytest.approx((0.25 + 0.5) / 2)
+    # per-pair differences: a: (0, 1, 0, 0) -> var 0.25, se_x = sqrt(4 * 0.25) / 4; c: (1, 0) -> var 0.5, se_y = sqrt(2 * 0.5) / 2
+    se_x, se_y = (4 * 0.25) ** 0.5 / 4, (2 * 0.5) ** 0.5 / 2
+    assert diff["section_se"] == pytest.approx({"x": se_x, "y": se_y})
+    assert diff["score_se"] == pytest.approx((se_x ** 2 + se_y ** 2) ** 0.5 / 2)
+    same = E.paired_score_difference(a, a, subsets, sections)
+    assert same["score"] == 0 and same["score_se"] == 0  # a model against itself: no difference, no error
+    with pytest.raises(ValueError, match="results of 6 and 6 pairs for 5"):
+        E.paired_score_difference(a, b, subsets[:5], sections)
+    with pytest.raises(ValueError, match="belong to no section"):
+        E.score_standard_error(torch.zeros(6), subsets, {"x": ("a",)})
