@@ -39,6 +39,7 @@ results: setup  ## recompute the experiments under data/results/ that the notebo
 	$(OFFLINE) $(BIN)/python scripts/online_2x2.py
 	$(OFFLINE) $(BIN)/python scripts/overoptimise.py --threads 2
 	$(OFFLINE) $(BIN)/python scripts/dpo_beta_sweep.py
+	$(OFFLINE) $(BIN)/python scripts/implicit_vs_explicit.py
 
 frontier: setup  ## recompute data/results/frontier_full.json alone (3 seeds; finishes an interrupted run)
 	$(OFFLINE) $(BIN)/python scripts/frontier.py --jobs 2 --resume

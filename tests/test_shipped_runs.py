@@ -98,3 +98,24 @@ def test_online_2x2_has_every_arm_and_seed_at_one_budget(load_script):
                   "fresh/human": (c["pairs_trained"], 0, 0), "fresh/gold": (0, 0, c["pairs_trained"])}[run["arm"]]
         assert (c["new_human_labels"], c["rm_labels"], c["gold_labels"]) == labels, run["arm"]
         assert run["arm"] != "fresh/gold" or run["label_agreement"] == 1.0
+
+
+def test_implicit_vs_explicit_is_at_equal_information_and_reproduces_the_shipped_dpo():
+    ive = read("implicit_vs_explicit.json")
+    assets = json.loads(data_path("manifest.json").read_text())["assets"]
+    rerun = "re-run scripts/implicit_vs_explicit.py (after every `make assets` that changes the SFT model or the pairs)"
+    assert ive["world"] == {"sft": manifest_sha("sft", "models/sft/model.safetensors"),
+                            "train_pairs": manifest_sha("preferences", "preferences/train.jsonl"),
+                            "recipes": {"dpo": RECIPES["full"]["dpo"], "rm": RECIPES["full"]["rm"]}}, rerun
+    assert sorted(r["seed"] for r in ive["runs"]) == [0, 1, 2]
+    dpo = RECIPES["full"]["dpo"]
+    n_test = assets["rm"]["metrics"]["test_pairs"]
+    for run in ive["runs"]:
+        # the explicit model saw exactly DPO's pairs: one epoch's draws are distinct, so every drawn pair once
+        assert run["pairs_drawn"] == run["distinct_pairs"] == dpo["steps"] * dpo["batch_size"]
+        for model in run["models"].values():
+            assert len(model["heldout_correct"]) == n_test
+            assert model["heldout_accuracy"] == pytest.approx(sum(model["heldout_correct"]) / n_test)
+    seed0 = next(r for r in ive["runs"] if r["seed"] == 0)["models"]["implicit (DPO)"]
+    # seed 0 is the shipped checkpoint's run (the checkpoint is its fp16 rounding)
+    assert seed0["heldout_accuracy"] == pytest.approx(assets["dpo"]["metrics"]["heldout_implicit_accuracy"], abs=0.005)
