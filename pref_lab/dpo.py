@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .config import model_device, same_device, seed_everything
 from .data import pair_completions, validate_records
-from .logprobs import require_finite, sequence_logprobs, tokenize_completions
+from .logprobs import forward_token_logprobs, require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
 from .models import context_length, disable_dropout, evaluating
 from .rlhf import check_beta
@@ -441,3 +441,49 @@ def implicit_rewards(
             batch = {k: v.to(device) for k, v in batch.items()}
             rewards.append(beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
     return require_finite(torch.cat(rewards), "implicit_rewards")
+
+
+@torch.no_grad()
+def log_ratio_parts(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[str],
+    completions: Sequence[str | torch.Tensor],
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Where training moved each completion's log-prob: log pi(y|x) - log pi_ref(y|x), split by token.
+
+    With delta_t = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) over the completion's tokens, returns, each of
+    shape (N,) on the CPU:
+
+    - ``"total"``: sum_t delta_t, so ``beta * total`` is :func:`implicit_rewards`;
+    - ``"eos"``: delta of the final EOS token (0 for an :class:`pref_lab.models.Unfinished` text or cut-off ids,
+      which have none): the part of the change that is about *ending*;
+    - ``"content"``: ``total - eos``, the words themselves;
+    - ``"content_tokens"``: the number of non-EOS completion tokens (a float, for per-token means).
+
+    ``completions`` are texts (EOS appended unless ``Unfinished``) or sampled id tensors used as they are.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    device = same_device(policy=policy, reference=reference)
+    max_length = max_length or context_length(policy)
+    parts: dict[str, list[torch.Tensor]] = {"total": [], "eos": [], "content": [], "content_tokens": []}
+    with evaluating(policy, reference):
+        for start in range(0, len(prompts), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length,
+                                         first_row=start)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            delta = (forward_token_logprobs(policy, batch["input_ids"], batch["attention_mask"])
+                     - forward_token_logprobs(reference, batch["input_ids"], batch["attention_mask"]))  # (B, T-1)
+            mask = batch["completion_mask"][:, 1:].to(delta.dtype)  # token t is predicted at position t-1
+            # EOS is never text in a completion (tokenize_completions refuses it), so an EOS inside the mask is the end
+            is_eos = mask * (batch["input_ids"][:, 1:] == tokenizer.eos_token_id).to(delta.dtype)
+            total, eos = (delta * mask).sum(-1), (delta * is_eos).sum(-1)
+            for key, value in (("total", total), ("eos", eos), ("content", total - eos),
+                               ("content_tokens", (mask - is_eos).sum(-1))):
+                parts[key].append(value.cpu())
+    return {key: require_finite(torch.cat(values), f"log_ratio_parts {key}") for key, values in parts.items()}

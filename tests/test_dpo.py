@@ -15,13 +15,14 @@ from pref_lab.dpo import (
     dpo_metrics,
     evaluate_dpo,
     implicit_rewards,
+    log_ratio_parts,
     pairs_drawn,
     precompute_reference_logps,
     train_dpo,
 )
 from pref_lab.logprobs import sequence_logprobs
 from pref_lab.losses import dpo_sigmoid_loss, hinge_loss, ipo_loss, pair_loss_fn
-from pref_lab.models import format_prompt, train_tokenizer
+from pref_lab.models import Unfinished, format_prompt, train_tokenizer
 
 BETA = 0.1
 POSITIVE = ["a charming comedy", "great acting", "a sharp script and great acting", "charming and warm", "a joy"]
@@ -335,6 +336,38 @@ def test_implicit_rewards_agree_with_dpo_rewards(tokenizer, pairs):
         _, rewards = dpo_loss(sequence_logprobs(policy, **batch), sequence_logprobs(reference, **batch), yw, yl, BETA)
     r_chosen = implicit_rewards(policy, reference, tokenizer, prompts, chosen, BETA, batch_size=2)
     torch.testing.assert_close(r_chosen, rewards[yw], atol=1e-5, rtol=1e-5)
+
+
+def test_log_ratio_parts_by_hand(word_tokenizer, bigram_lm):
+    """Two bigram 'LMs' (logits = table[current token]): every per-token log-ratio can be written down."""
+    reference, policy = bigram_lm, type(bigram_lm)(torch.randn(5, 5, generator=torch.Generator().manual_seed(1)))
+    lp = lambda m, a, b: torch.log_softmax(m.table.detach()[a], -1)[b].item()  # log p(b | a)
+    delta = lambda a, b: lp(policy, a, b) - lp(reference, a, b)
+    a, b, c, eos = 2, 3, 4, 0
+    # prompt "a"; completion "b c" finished (EOS appended) and the same text cut off (no EOS)
+    parts = log_ratio_parts(policy, reference, word_tokenizer, ["a", "a"], ["b c", Unfinished("b c")], max_length=8)
+    content = delta(a, b) + delta(b, c)
+    torch.testing.assert_close(parts["eos"], torch.tensor([delta(c, eos), 0.0]))
+    torch.testing.assert_close(parts["content"], torch.tensor([content, content]))
+    torch.testing.assert_close(parts["total"], torch.tensor([content + delta(c, eos), content]))
+    torch.testing.assert_close(parts["content_tokens"], torch.tensor([2.0, 2.0]))
+    # beta * total is the implicit reward, and a model against itself moved nothing
+    torch.testing.assert_close(BETA * parts["total"], implicit_rewards(policy, reference, word_tokenizer, ["a", "a"],
+                                                                        ["b c", Unfinished("b c")], BETA, max_length=8))
+    assert log_ratio_parts(policy, policy, word_tokenizer, ["a"], ["c b"], max_length=8)["total"].abs().item() == 0
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        log_ratio_parts(policy, reference, word_tokenizer, ["a", "a"], ["b"], max_length=8)
+
+
+def test_log_ratio_parts_add_up_to_the_implicit_reward(tokenizer, pairs):
+    prompts, chosen, _ = pairs
+    reference = tiny_gpt2(tokenizer)
+    policy = perturbed_copy(reference)
+    parts = log_ratio_parts(policy, reference, tokenizer, prompts, chosen, batch_size=2)
+    torch.testing.assert_close(BETA * parts["total"], implicit_rewards(policy, reference, tokenizer, prompts, chosen, BETA),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parts["content"] + parts["eos"], parts["total"])
+    assert (parts["eos"] != 0).all()  # every text here finished, so its EOS token moved too
 
 
 # ----------------------------------------------------------------------------- the loss_fn hook
