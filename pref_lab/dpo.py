@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .config import model_device, same_device, seed_everything
 from .data import pair_completions, validate_records
-from .logprobs import forward_token_logprobs, require_finite, sequence_logprobs, tokenize_completions
+from .logprobs import position_ids_from_mask, require_finite, sequence_logprobs, tokenize_completions
 from .losses import PairLossFn
 from .models import context_length, disable_dropout, evaluating
 from .rlhf import check_beta
@@ -443,6 +443,14 @@ def implicit_rewards(
     return require_finite(torch.cat(rewards), "implicit_rewards")
 
 
+def _token_and_eos_logprobs(model, batch: dict[str, torch.Tensor], eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T-1) log p(token t | prefix) and (B, T-1) log p(EOS | the same prefix), from one forward pass."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=position_ids_from_mask(batch["attention_mask"])).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1), logp[..., eos_token_id]
+
+
 @torch.no_grad()
 def log_ratio_parts(
     policy,
@@ -453,37 +461,45 @@ def log_ratio_parts(
     batch_size: int = 64,
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Where training moved each completion's log-prob: log pi(y|x) - log pi_ref(y|x), split by token.
+    """Where training moved each completion's log-prob: log pi(y|x) - log pi_ref(y|x), split three ways.
 
-    With delta_t = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) over the completion's tokens, returns, each of
-    shape (N,) on the CPU:
+    Each token's log-prob is a decision to stop or go on, then a choice of word: for a word token y_t,
+    log p(y_t) = log(1 - p(EOS)) + log p(y_t | not EOS). With D[.] the policy's value minus the reference's, returns,
+    each of shape (N,) on the CPU:
 
-    - ``"total"``: sum_t delta_t, so ``beta * total`` is :func:`implicit_rewards`;
-    - ``"eos"``: delta of the final EOS token (0 for an :class:`pref_lab.models.Unfinished` text or cut-off ids,
-      which have none): the part of the change that is about *ending*;
-    - ``"content"``: ``total - eos``, the words themselves;
-    - ``"content_tokens"``: the number of non-EOS completion tokens (a float, for per-token means).
+    - ``"total"``: sum_t D[log p(y_t)] over the completion's tokens (EOS included): ``beta * total`` is
+      :func:`implicit_rewards`;
+    - ``"eos"``: D[log p(EOS)] of the final EOS token (0 for an :class:`pref_lab.models.Unfinished` text or cut-off
+      ids, which have none): stopping where it stopped;
+    - ``"go_on"``: sum over the word tokens of D[log(1 - p(EOS))]: not stopping earlier;
+    - ``"words"``: sum over the word tokens of D[log p(y_t | not EOS)]: which words, given that it goes on;
+    - ``"word_tokens"``: the number of word (non-EOS) tokens, a float, for per-token means.
 
-    ``completions`` are texts (EOS appended unless ``Unfinished``) or sampled id tensors used as they are.
+    ``total = eos + go_on + words``. ``completions`` are texts (EOS appended unless ``Unfinished``) or sampled id
+    tensors used as they are (the exact tokens that were sampled).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     device = same_device(policy=policy, reference=reference)
     max_length = max_length or context_length(policy)
-    parts: dict[str, list[torch.Tensor]] = {"total": [], "eos": [], "content": [], "content_tokens": []}
+    eos_id = tokenizer.eos_token_id
+    parts: dict[str, list[torch.Tensor]] = {"total": [], "eos": [], "go_on": [], "words": [], "word_tokens": []}
     with evaluating(policy, reference):
         for start in range(0, len(prompts), batch_size):
             sl = slice(start, start + batch_size)
             batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length,
                                          first_row=start)
             batch = {k: v.to(device) for k, v in batch.items()}
-            delta = (forward_token_logprobs(policy, batch["input_ids"], batch["attention_mask"])
-                     - forward_token_logprobs(reference, batch["input_ids"], batch["attention_mask"]))  # (B, T-1)
-            mask = batch["completion_mask"][:, 1:].to(delta.dtype)  # token t is predicted at position t-1
+            (pi_tok, pi_eos), (ref_tok, ref_eos) = (_token_and_eos_logprobs(m, batch, eos_id) for m in (policy, reference))
+            mask = batch["completion_mask"][:, 1:].to(pi_tok.dtype)  # token t is predicted at position t-1
             # EOS is never text in a completion (tokenize_completions refuses it), so an EOS inside the mask is the end
-            is_eos = mask * (batch["input_ids"][:, 1:] == tokenizer.eos_token_id).to(delta.dtype)
-            total, eos = (delta * mask).sum(-1), (delta * is_eos).sum(-1)
-            for key, value in (("total", total), ("eos", eos), ("content", total - eos),
-                               ("content_tokens", (mask - is_eos).sum(-1))):
+            is_eos = mask * (batch["input_ids"][:, 1:] == eos_id).to(pi_tok.dtype)
+            is_word = mask - is_eos
+            go = torch.log(-torch.expm1(pi_eos)) - torch.log(-torch.expm1(ref_eos))  # D[log(1 - p(EOS))], stable
+            delta = pi_tok - ref_tok
+            values = {"total": (delta * mask).sum(-1), "eos": (delta * is_eos).sum(-1),
+                      "go_on": (go * is_word).sum(-1), "words": ((delta - go) * is_word).sum(-1),
+                      "word_tokens": is_word.sum(-1)}
+            for key, value in values.items():
                 parts[key].append(value.cpu())
     return {key: require_finite(torch.cat(values), f"log_ratio_parts {key}") for key, values in parts.items()}

@@ -2,6 +2,7 @@
 TRL 1.16's DPOTrainer on a tiny random GPT-2, and a training smoke test."""
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -341,22 +342,46 @@ def test_implicit_rewards_agree_with_dpo_rewards(tokenizer, pairs):
 def test_log_ratio_parts_by_hand(word_tokenizer, bigram_lm):
     """Two bigram 'LMs' (logits = table[current token]): every per-token log-ratio can be written down."""
     reference, policy = bigram_lm, type(bigram_lm)(torch.randn(5, 5, generator=torch.Generator().manual_seed(1)))
-    lp = lambda m, a, b: torch.log_softmax(m.table.detach()[a], -1)[b].item()  # log p(b | a)
+    lp = lambda m, a, b: torch.log_softmax(m.table.detach()[a].double(), -1)[b].item()  # log p(b | a)
     delta = lambda a, b: lp(policy, a, b) - lp(reference, a, b)
+    go = lambda a: (math.log(1 - math.exp(lp(policy, a, eos))) - math.log(1 - math.exp(lp(reference, a, eos))))
     a, b, c, eos = 2, 3, 4, 0
-    # prompt "a"; completion "b c" finished (EOS appended) and the same text cut off (no EOS)
-    parts = log_ratio_parts(policy, reference, word_tokenizer, ["a", "a"], ["b c", Unfinished("b c")], max_length=8)
-    content = delta(a, b) + delta(b, c)
-    torch.testing.assert_close(parts["eos"], torch.tensor([delta(c, eos), 0.0]))
-    torch.testing.assert_close(parts["content"], torch.tensor([content, content]))
-    torch.testing.assert_close(parts["total"], torch.tensor([content + delta(c, eos), content]))
-    torch.testing.assert_close(parts["content_tokens"], torch.tensor([2.0, 2.0]))
+    # prompt "a"; completion "b c" finished (EOS appended), the same text cut off (no EOS), and as sampled ids
+    completions = ["b c", Unfinished("b c"), torch.tensor([b, c, eos]), torch.tensor([b, c])]
+    parts = log_ratio_parts(policy, reference, word_tokenizer, ["a"] * 4, completions, max_length=8)
+    words = (delta(a, b) - go(a)) + (delta(b, c) - go(b))
+    expected = {"eos": [delta(c, eos), 0.0], "go_on": [go(a) + go(b)] * 2, "words": [words] * 2, "word_tokens": [2.0, 2.0],
+                "total": [delta(a, b) + delta(b, c) + delta(c, eos), delta(a, b) + delta(b, c)]}
+    for key, values in expected.items():  # the id rows read exactly as the text rows
+        torch.testing.assert_close(parts[key], torch.tensor(values * 2, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parts["eos"] + parts["go_on"] + parts["words"], parts["total"])
     # beta * total is the implicit reward, and a model against itself moved nothing
-    torch.testing.assert_close(BETA * parts["total"], implicit_rewards(policy, reference, word_tokenizer, ["a", "a"],
-                                                                        ["b c", Unfinished("b c")], BETA, max_length=8))
+    torch.testing.assert_close(BETA * parts["total"][:2], implicit_rewards(policy, reference, word_tokenizer, ["a", "a"],
+                                                                            completions[:2], BETA, max_length=8))
     assert log_ratio_parts(policy, policy, word_tokenizer, ["a"], ["c b"], max_length=8)["total"].abs().item() == 0
     with pytest.raises(ValueError, match="2 prompts but 1 completions"):
         log_ratio_parts(policy, reference, word_tokenizer, ["a", "a"], ["b"], max_length=8)
+
+
+def test_on_reference_samples_the_mean_log_ratio_is_minus_the_reverse_kl(word_tokenizer, bigram_lm):
+    """E_{y ~ pi_ref}[log pi(y)/pi_ref(y)] = -KL(pi_ref || pi) <= 0 (notebook 08), with samples cut off at a length
+    limit L: every completion of at most L tokens, finished (EOS) or cut off at L (no EOS), enumerated exactly."""
+    table = bigram_lm.table.detach().clone()
+    table[:, 1] = -1e4  # the pad token is never sampled, so a completion is words, then EOS or the limit
+    reference = type(bigram_lm)(table)
+    policy = type(bigram_lm)(table + torch.randn(5, 5, generator=torch.Generator().manual_seed(2)) * (table > -1e3))
+    a, eos, words, limit = 2, 0, (2, 3, 4), 3
+    completions = [list(w) + [eos] for n in range(limit) for w in itertools.product(words, repeat=n)]
+    completions += [list(w) for w in itertools.product(words, repeat=limit)]  # cut off at the limit
+    lp = lambda m, ids: sum(torch.log_softmax(m.table.detach()[prev].double(), -1)[tok].item()
+                            for prev, tok in zip([a] + ids[:-1], ids))  # log pi(y | "a") by hand
+    p_ref = torch.tensor([math.exp(lp(reference, ids)) for ids in completions], dtype=torch.float64)
+    assert p_ref.sum().item() == pytest.approx(1.0, abs=1e-6)  # finished + cut-off: a proper distribution
+    kl = sum(p * (lp(reference, ids) - lp(policy, ids)) for p, ids in zip(p_ref.tolist(), completions))
+    parts = log_ratio_parts(policy, reference, word_tokenizer, ["a"] * len(completions),
+                            [torch.tensor(ids) for ids in completions], max_length=8)
+    assert kl > 0.01
+    assert (p_ref * parts["total"].double()).sum().item() == pytest.approx(-kl, abs=1e-4)
 
 
 def test_log_ratio_parts_add_up_to_the_implicit_reward(tokenizer, pairs):
@@ -366,8 +391,8 @@ def test_log_ratio_parts_add_up_to_the_implicit_reward(tokenizer, pairs):
     parts = log_ratio_parts(policy, reference, tokenizer, prompts, chosen, batch_size=2)
     torch.testing.assert_close(BETA * parts["total"], implicit_rewards(policy, reference, tokenizer, prompts, chosen, BETA),
                                atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(parts["content"] + parts["eos"], parts["total"])
-    assert (parts["eos"] != 0).all()  # every text here finished, so its EOS token moved too
+    torch.testing.assert_close(parts["eos"] + parts["go_on"] + parts["words"], parts["total"], atol=1e-4, rtol=1e-5)
+    assert (parts["eos"] != 0).all() and (parts["go_on"] != 0).all()  # every text here finished; stopping moved too
 
 
 # ----------------------------------------------------------------------------- the loss_fn hook
