@@ -428,19 +428,24 @@ def implicit_rewards(
     the DPO policy is optimal for, so it ranks completions of the same prompt like a reward model.
     Both models run where they live (one device), in eval mode (their modes are restored after).
     """
+    rewards = [beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu()
+               for batch in _scoring_batches(policy, reference, tokenizer, prompts, completions, batch_size, max_length)]
+    return require_finite(torch.cat(rewards), "implicit_rewards")
+
+
+def _scoring_batches(policy, reference, tokenizer, prompts, completions, batch_size: int, max_length: int | None):
+    """Batches of (prompt, completion) rows on the models' device, both models in eval mode meanwhile (their modes
+    restored after): the loop that scores completions under a policy and its reference."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     device = same_device(policy=policy, reference=reference)
     max_length = max_length or context_length(policy)
-    rewards = []
     with evaluating(policy, reference):
         for start in range(0, len(prompts), batch_size):
             sl = slice(start, start + batch_size)
             batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length,
                                          first_row=start)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            rewards.append(beta * (sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)).cpu())
-    return require_finite(torch.cat(rewards), "implicit_rewards")
+            yield {k: v.to(device) for k, v in batch.items()}
 
 
 def _token_and_eos_logprobs(model, batch: dict[str, torch.Tensor], eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,28 +483,19 @@ def log_ratio_parts(
     ``total = eos + go_on + words``. ``completions`` are texts (EOS appended unless ``Unfinished``) or sampled id
     tensors used as they are (the exact tokens that were sampled).
     """
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    device = same_device(policy=policy, reference=reference)
-    max_length = max_length or context_length(policy)
     eos_id = tokenizer.eos_token_id
     parts: dict[str, list[torch.Tensor]] = {"total": [], "eos": [], "go_on": [], "words": [], "word_tokens": []}
-    with evaluating(policy, reference):
-        for start in range(0, len(prompts), batch_size):
-            sl = slice(start, start + batch_size)
-            batch = tokenize_completions(tokenizer, list(prompts[sl]), list(completions[sl]), max_length=max_length,
-                                         first_row=start)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            (pi_tok, pi_eos), (ref_tok, ref_eos) = (_token_and_eos_logprobs(m, batch, eos_id) for m in (policy, reference))
-            mask = batch["completion_mask"][:, 1:].to(pi_tok.dtype)  # token t is predicted at position t-1
-            # EOS is never text in a completion (tokenize_completions refuses it), so an EOS inside the mask is the end
-            is_eos = mask * (batch["input_ids"][:, 1:] == eos_id).to(pi_tok.dtype)
-            is_word = mask - is_eos
-            go = torch.log(-torch.expm1(pi_eos)) - torch.log(-torch.expm1(ref_eos))  # D[log(1 - p(EOS))], stable
-            delta = pi_tok - ref_tok
-            values = {"total": (delta * mask).sum(-1), "eos": (delta * is_eos).sum(-1),
-                      "go_on": (go * is_word).sum(-1), "words": ((delta - go) * is_word).sum(-1),
-                      "word_tokens": is_word.sum(-1)}
-            for key, value in values.items():
-                parts[key].append(value.cpu())
+    for batch in _scoring_batches(policy, reference, tokenizer, prompts, completions, batch_size, max_length):
+        (pi_tok, pi_eos), (ref_tok, ref_eos) = (_token_and_eos_logprobs(m, batch, eos_id) for m in (policy, reference))
+        mask = batch["completion_mask"][:, 1:].to(pi_tok.dtype)  # token t is predicted at position t-1
+        # EOS is never text in a completion (tokenize_completions refuses it), so an EOS inside the mask is the end
+        is_eos = mask * (batch["input_ids"][:, 1:] == eos_id).to(pi_tok.dtype)
+        is_word = mask - is_eos
+        go = torch.log(-torch.expm1(pi_eos)) - torch.log(-torch.expm1(ref_eos))  # D[log(1 - p(EOS))], stable
+        delta = pi_tok - ref_tok
+        values = {"total": (delta * mask).sum(-1), "eos": (delta * is_eos).sum(-1),
+                  "go_on": (go * is_word).sum(-1), "words": ((delta - go) * is_word).sum(-1),
+                  "word_tokens": is_word.sum(-1)}
+        for key, value in values.items():
+            parts[key].append(value.cpu())
     return {key: require_finite(torch.cat(values), f"log_ratio_parts {key}") for key, values in parts.items()}
