@@ -40,7 +40,7 @@ from pref_lab.judge import load_gold_judge
 from pref_lab.logprobs import sequence_logprobs, tokenize_completions
 from pref_lab.models import completion_texts, disable_dropout, ends_with_eos, generate, load_tokenizer
 from pref_lab.real_model import load_real_model
-from pref_lab.rewardbench import pairwise_correct
+from pref_lab.rewardbench import pairwise_correct, reference_free_scores
 from pref_lab.world import MAX_NEW_TOKENS, heldout_prompts, mean_sem, paired_difference
 
 BETA, LR, STEPS, BATCH, SEED = 0.1, 3e-4, 60, 8, 0
@@ -59,19 +59,6 @@ def chat(tokenizer, world_prompts: list[str]) -> list[str]:
                                           add_generation_prompt=True) for p in world_prompts]
 
 
-@torch.no_grad()
-def logps(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Sequence log-probs ``"sum"`` and per-token ``"avg"`` of each completion, shape (N,) each."""
-    out = {"sum": [], "avg": []}
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenize_completions(tokenizer, prompts[start:start + batch_size], completions[start:start + batch_size],
-                                     max_length=MAX_LENGTH, first_row=start)
-        total = sequence_logprobs(model, **batch)
-        out["sum"].append(total)
-        out["avg"].append(total / batch["completion_mask"].sum(-1))
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 def accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[float, float]:
     """Strict pairwise accuracy (a tie is wrong) and its standard error over pairs."""
     return mean_sem(pairwise_correct(chosen, rejected).double())
@@ -79,7 +66,8 @@ def accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[float, float
 
 def held_out(policy, tokenizer, prompts, chosen, rejected, ref: dict | None) -> dict:
     """Accuracy of the implicit reward (needs the reference's log-probs ``ref``) and of the model's avg log-prob."""
-    w, lose = logps(policy, tokenizer, prompts, chosen), logps(policy, tokenizer, prompts, rejected)
+    w, lose = (reference_free_scores(policy, tokenizer, prompts, side, batch_size=32, max_length=MAX_LENGTH)
+               for side in (chosen, rejected))  # "sum": log pi(y|x); "avg": per token, EOS counted
     result = {"avg_logprob": accuracy(w["avg"], lose["avg"]), "logps": {"chosen": w, "rejected": lose}}
     if ref is not None:
         result["implicit"] = accuracy(BETA * (w["sum"] - ref["chosen"]["sum"]), BETA * (lose["sum"] - ref["rejected"]["sum"]))
