@@ -34,7 +34,8 @@ def numbers(text: str) -> list[str]:
 
 
 def backed(quoted: str, printed: set[str]) -> bool:
-    """Whether some printed number rounds (half up, at ``quoted``'s decimals) to ``quoted``."""
+    """Whether some printed number, printed with at least ``quoted``'s decimals, rounds (half up) to ``quoted``
+    (a printed ``0.7`` does not back a quoted ``0.70``: the prose would claim a digit nobody printed)."""
     try:
         q = Decimal(quoted)
     except InvalidOperation:
@@ -45,7 +46,7 @@ def backed(quoted: str, printed: set[str]) -> bool:
             v = Decimal(p)
         except InvalidOperation:
             continue
-        if v.quantize(step, rounding=ROUND_HALF_UP) == q:
+        if v.as_tuple().exponent <= q.as_tuple().exponent and v.quantize(step, rounding=ROUND_HALF_UP) == q:
             return True
     return False
 

@@ -22,6 +22,7 @@ def test_rounding_and_signs(load_script):
     m = load_script("prose_numbers")
     assert m.backed("0.75", {"0.7546"}) and m.backed("16.2", {"16.21"}) and m.backed("0.35", {"0.35"})
     assert not m.backed("0.76", {"0.7546"}) and not m.backed("1.3", {"1.36"})
+    assert not m.backed("0.70", {"0.7"}) and m.backed("0.7", {"0.70"})  # prose may round, not add digits
     assert m.numbers("a fall of −0.35, +1.33 and 2.0e-3; see arXiv:2305.18290 or https://x.org/1.5") == \
         ["0.35", "1.33", "2.0e-3"]
 
