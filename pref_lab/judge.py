@@ -164,7 +164,7 @@ class RaterRules:
     ``unfinished_penalty`` c: reward lost by a text that never ended (no EOS): a rater dislikes a cut-off review.
     ``evidence_words`` n0: a text of n distinct words convinces by n/(n + n0) of its sentiment (a blurb says less).
     ``min_words`` L0 and ``brevity_weight`` b: each distinct word short of L0 costs b (too short to be a review).
-    The shipped rules switch these two off (``pref_lab.assets.RATER`` says why).
+    The shipped rules use n0 = 16 and switch L0 and b off (``pref_lab.assets.RATER`` says why).
     """
 
     bound: float
@@ -201,7 +201,7 @@ def combine_terms(sentiment: torch.Tensor, fluency: torch.Tensor, repetition: to
 
     with S the sentiment logit, F the fluency (nats per token; −inf for a text with no token), ρ the repetition,
     ``finished`` 1/0, n the distinct words, and A, F0, λ, P, μ, c, n0, L0, b the ``rules``. The shipped rules have
-    n0 = b = 0, so the evidence factor is 1 and there is no brevity term.
+    n0 = 16 (a text of 16 distinct words convinces by half its sentiment) and b = 0, so there is no brevity term.
     """
     r = rules
     evidence = words / (words + r.evidence_words) if r.evidence_words else torch.ones_like(words)

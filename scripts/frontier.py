@@ -148,7 +148,7 @@ CONFIGS = {
         # PPO: PPOConfig's defaults (chosen on development prompts by scripts/tune_ppo.py: kl_coef 0.01), run 3x
         # longer than notebook 06, and at 3x that KL coefficient; evaluated every 2 iterations, because PPO moves
         # from about 6 to 24 nats between iterations 6 and 12 (a curve read at equal KL needs points in between)
-        "ppo": {"kl_coefs": [0.01, 0.03], "steps": 36, "batch_size": PPOConfig.batch_size,
+        "ppo": {"kl_coefs": [PPOConfig.kl_coef, round(3 * PPOConfig.kl_coef, 6)], "steps": 36, "batch_size": PPOConfig.batch_size,
                 "minibatch_size": PPOConfig.minibatch_size, "ppo_epochs": PPOConfig.ppo_epochs, "lr": PPOConfig.lr,
                 "missing_eos_penalty": PPOConfig.missing_eos_penalty, "eval_every": 2},
         # offline DPO: equal information, so it trains on the reward model's own human-labelled pairs (train.jsonl +

@@ -1,7 +1,7 @@
 """Choose the reward model's learning rate or regulariser on *validation* pairs, never on the test pairs.
 
-    .venv/bin/python scripts/tune_rm.py --threads 1      # 7 runs, about 14 min each on one thread
-    .venv/bin/python scripts/tune_rm.py --only 5 & .venv/bin/python scripts/tune_rm.py --only 6   # two side by side
+    .venv/bin/python scripts/tune_rm.py --threads 1      # 3 runs, each on one thread
+    .venv/bin/python scripts/tune_rm.py --only 0 & .venv/bin/python scripts/tune_rm.py --only 1   # two side by side
 
 The shipped RM (``RECIPES["full"]["rm"]``) is 6 points below the feature oracle on the test pairs while its accuracy
 on its own training batches is 10 points higher than on held-out pairs. Would a smaller step or a regulariser close
@@ -33,9 +33,10 @@ from pref_lab.data import read_jsonl
 from pref_lab.models import load_tokenizer
 from pref_lab.reward_model import evaluate_pairs, held_out_prompts, init_reward_model, train_reward_model
 
-GRID = [{}, {"lr": 3e-4}, {"weight_decay": 0.1}, {"dropout": True}, {"freeze_embeddings": True},
-        # a second round, after the first: a smaller step still, and the trunk of the base model rather than SFT's
-        {"lr": 1e-4}, {"lr": 3e-4, "init": "base"}]
+# The recipe itself (lr 3e-4, the best of the first world's grid: the shipped recipe 0.689, lr 3e-4 0.701, weight
+# decay 0.1 0.696, dropout 0.692, frozen embeddings 0.661, lr 1e-4 0.672, lr 3e-4 from the base model's trunk 0.700,
+# against the oracle's 0.757), re-checked in this world against its two nearest rivals of that grid
+GRID = [{}, {"lr": 1e-3}, {"weight_decay": 0.1}]
 EVAL_EVERY = 300
 
 

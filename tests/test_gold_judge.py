@@ -140,12 +140,9 @@ def test_piling_up_praise_words_does_not_beat_the_best_real_reviews(gold, test_r
     assert real.max().item() >= p90 and p90 > 0.6 * gold.rules.bound  # real reviews reach the top of the range
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 16): a one-line blurb of praise words scores like the best tenth of "
-                   "real fresh reviews. The evidence factor alone (RaterRules.evidence_words = 16, chosen on validation "
-                   "reviews by scripts/judge_design.py --brevity) fixes it without costing accuracy, and waits for the "
-                   "world's rebuild; strict: passing means it is fixed, so drop this mark")
 @pytest.mark.shipped
 def test_a_blurb_of_praise_words_is_not_the_best_review(gold, test_reviews):
+    """The evidence factor n/(n + n0) at work: "A w1, w2 and w3 film." says too little to convince like a real review."""
     real = gold.gold_reward(test_reviews["text"])
     p90 = torch.quantile(real[torch.tensor([y == "fresh" for y in test_reviews["label"]])], 0.9).item()
     top = [w for w, _ in gold.top_features(len(gold.sentiment.vocab))[0] if " " not in w][:10]
