@@ -45,7 +45,7 @@ results: setup  ## recompute the experiments under data/results/ that the notebo
 frontier: setup  ## recompute data/results/frontier_full.json alone (3 seeds; finishes an interrupted run)
 	$(OFFLINE) $(BIN)/python scripts/frontier.py --jobs 2 --resume
 
-bridge: setup  ## recompute data/results/smollm_bridge.json (DPO with LoRA on SmolLM2 on the world's pairs; ~15 min)
+bridge: setup  ## recompute data/results/smollm_bridge.json (DPO with LoRA on SmolLM2 on the world's pairs; ~7 min)
 	$(OFFLINE) $(BIN)/python scripts/smollm_bridge.py
 
 tuning: setup  ## recompute the development-split tuning files (ppo_tuning.json, rm_tuning.json)

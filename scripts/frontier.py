@@ -21,10 +21,10 @@ most one. ``--assets DIR`` loads the world from another folder, e.g. one built b
 Budget of the full grid, 3 training seeds of each setting: 2 PPO runs x 36 iterations (evaluated every 2), offline
 DPO one epoch over the reward model's 32,646 pairs (1,021 steps of 32, evaluated every 170), online DPO 100 rounds
 (every 20), best-of-n up to 32; 128 held-out prompts. Measured for the shipped ``data/results/frontier_full.json``
-with ``--jobs 2`` on 2 otherwise idle CPU cores: 4049 s for the grid with PPO evaluated every 6 iterations, then 608 s
-to rerun PPO every 2 (``--resume`` after the change; ``total_seconds`` 4657 s counts both). Per run, one torch thread:
-offline DPO 1717-2095 s of training (its reference log-probs computed once, then 1,021 steps), online DPO ~340 s,
-PPO ~100-115 s plus ~80-95 s of evaluation, best-of-n ~210 s (one nested pool for all n). If the machine is busy, lower
+with ``--jobs 2`` on 2 CPU cores (2026-12-03): ``total_seconds`` 2318 s, of which about 150 s a pause of two runs
+(online DPO seed 0, offline DPO seed 2) while a notebook ran. Per run, one torch thread: offline DPO 905-1053 s of
+training (its reference log-probs computed once, then 1,021 steps), online DPO ~175 s, PPO ~65 s plus ~50 s of
+evaluation, best-of-n ~48 s (one nested pool for all n). If the machine is busy, lower
 the steps with ``--set``.
 
 Results JSON (schema ``pref_lab.frontier/2``; /1 had one training seed and no per-prompt rewards)::

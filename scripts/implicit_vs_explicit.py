@@ -1,6 +1,6 @@
 """DPO's implicit reward against an explicit reward model trained on *the same pairs* (Lin et al., 2024).
 
-    .venv/bin/python scripts/implicit_vs_explicit.py          # 3 seeds, about 15 min on 2 cores
+    .venv/bin/python scripts/implicit_vs_explicit.py          # 3 seeds, about 4 min on 2 cores
 
 Notebook 09 scores the shipped DPO policy as a reward model. The shipped Bradley–Terry reward model saw ten times
 more human-labelled pairs than that policy, so comparing the two mixes "implicit vs explicit" with "3,200 vs 32,646

@@ -1,7 +1,7 @@
 """Four preference losses compared at matched KL: each with its learning rate chosen on development prompts, then
 3 seeds evaluated along training on the held-out prompts (notebook 12).
 
-    .venv/bin/python scripts/loss_zoo.py --jobs 2      # about 20 min on 2 cores; writes data/results/loss_zoo.json
+    .venv/bin/python scripts/loss_zoo.py --jobs 2      # about 10 min on 2 cores; writes data/results/loss_zoo.json
 
 Notebook 12 trains DPO, IPO, hinge and SimPO for one short budget at one learning rate each, and they end at very
 different KLs, so their gold rewards cannot be ranked. Here:

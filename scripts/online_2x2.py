@@ -1,7 +1,7 @@
 """What is special about online data? A 2 x 2 of {fixed SFT samples, fresh policy samples} x {human labels,
 reward-model labels}, plus a noise-free labeller, each arm over several training seeds.
 
-    .venv/bin/python scripts/online_2x2.py                    # 5 arms x 3 seeds, about 25 min on 2 quiet cores
+    .venv/bin/python scripts/online_2x2.py                    # 5 arms x 3 seeds, about 10 min on 2 cores
     .venv/bin/python scripts/online_2x2.py --steps 2 --seeds 0 --out /tmp/2x2.json   # a smoke test, seconds
 
 Every arm is DPO from the SFT model (also the reference) with one budget: ``STEPS`` gradient steps of ``BATCH``

@@ -1,6 +1,6 @@
 """The bridge to a real model, measured: DPO with LoRA on SmolLM2-135M-Instruct, on the world's own preference pairs.
 
-    .venv/bin/python scripts/smollm_bridge.py          # about 15 min on 2 CPU cores; writes data/results/smollm_bridge.json
+    .venv/bin/python scripts/smollm_bridge.py          # about 7 min on 2 CPU cores; writes data/results/smollm_bridge.json
 
 Notebook 12 shows the machinery on 4 hand-written pairs. This script asks whether it *does* anything on real data:
 
